@@ -1,0 +1,1 @@
+"""Model definitions: the GPT-NeoX architecture as MLC LLM lays it out."""
