@@ -119,8 +119,10 @@ class GPTNeoXConfig:
             raise UserError(f"{path}: not valid JSON ({err}).") from err
         return cls.from_dict(raw, source=str(path))
 
-    def mlc_model_config(self) -> dict[str, Any]:
-        """The ``model_config`` block of mlc-chat-config.json (MLC's GPTNeoXConfig field names)."""
+    def mlc_model_config(
+        self, *, context_window_size: int, prefill_chunk_size: int, ffn_out_dtype: str = "float32", max_batch_size: int = 1
+    ) -> dict[str, Any]:
+        """The ``model_config`` block of mlc-chat-config.json: MLC's GPTNeoXConfig fields, in its order."""
         return {
             "use_parallel_residual": self.use_parallel_residual,
             "hidden_size": self.hidden_size,
@@ -131,9 +133,12 @@ class GPTNeoXConfig:
             "vocab_size": self.vocab_size,
             "rotary_pct": self.rotary_pct,
             "position_embedding_base": _int_if_whole(self.rotary_emb_base),
+            "context_window_size": context_window_size,
             "head_dim": self.head_dim,
+            "prefill_chunk_size": prefill_chunk_size,
             "tensor_parallel_shards": 1,
-            "max_batch_size": 1,
+            "ffn_out_dtype": ffn_out_dtype,
+            "max_batch_size": max_batch_size,
         }
 
 

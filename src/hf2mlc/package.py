@@ -1,0 +1,320 @@
+"""The bundle: MLC LLM's ``dist/`` layout, assembled from the stage outputs.
+
+::
+
+    <package>/
+      bundle/
+        mlc-app-config.json          # {"model_list": [{model_id, model_lib, model_path, estimated_vram_bytes}]}
+        <model_id>/                  # what MLC's app loads: weights, tensor-cache.json, mlc-chat-config.json,
+                                     # tokenizer.json, tokenizer_config.json
+      lib/                           # the model library: <lib>.tar (+ libmodel_iphone.a / <lib>.dylib)
+      mlc-package-config.json        # the input `mlc_llm package` would take to make the same bundle
+      app-config.json                # the older app's form, as the 2023 write-up used it
+      README.md                      # the model card (Hub front matter)
+      manifest.json                  # written by the stage: file digests, inputs, parameters, versions
+
+Weights are hard-linked from the weights stage where the file system allows (a 3.6B model's 2 GB are not
+copied twice), else copied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .card import model_card
+from .errors import UserError
+from .model.config import GPTNeoXConfig
+
+MLC_CHAT_CONFIG_VERSION = "0.1.0"
+#: MLC's defaults for fields neither the family nor generation_config.json sets (mlc_chat_config.py).
+SYSTEM_DEFAULTS = {
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "temperature": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "top_p": 1.0,
+}
+WEIGHT_SUFFIXES = (".bin", ".json")
+STATIC_LIB_NAME = {"iphone": "libmodel_iphone.a"}
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise UserError(f"{path}: missing; rerun the stage that makes it.") from err
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _dump_mlc_json(path: Path, obj: Any) -> None:
+    """JSON as MLC's own tools write it (indent 2, insertion order, ASCII escapes), newline-terminated."""
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _tensor_cache_bytes(weights: Path) -> tuple[int, list[dict[str, Any]]]:
+    cache = _read_json(weights / "tensor-cache.json")
+    records = [rec for shard in cache["records"] for rec in shard["records"]]
+    return sum(shard["nbytes"] for shard in cache["records"]), records
+
+
+def estimated_vram_bytes(config: GPTNeoXConfig, param_bytes: int, context_window_size: int, prefill_chunk_size: int) -> int:
+    """Parameters + a float16 KV cache for the whole context window + float32 activations of one prefill chunk.
+
+    MLC's app compares this with the device's memory budget before loading a model.
+    """
+    kv_cache = 2 * config.num_hidden_layers * context_window_size * config.hidden_size * 2
+    activations = prefill_chunk_size * (4 * config.hidden_size + config.intermediate_size) * 4
+    logits = config.vocab_size * 4 * 2
+    return int(param_bytes + kv_cache + activations + logits)
+
+
+def mlc_chat_config(
+    config: GPTNeoXConfig,
+    *,
+    quantization: str,
+    context_window_size: int,
+    prefill_chunk_size: int,
+    ffn_out_dtype: str,
+    conv_template: dict[str, Any],
+    tokenizer_fields: dict[str, Any],
+    generation: dict[str, Any],
+    generation_config: dict[str, Any],
+    active_vocab_size: int,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """mlc-chat-config.json, field by field as MLC's gen_config writes it.
+
+    Sampling defaults: the family's (the model card's recommendation) first, then generation_config.json /
+    config.json, then MLC's system defaults — the precedence MLC applies, with the family in front.
+    """
+    prefill_chunk_size = min(prefill_chunk_size, context_window_size)
+    chat: dict[str, Any] = {
+        "version": MLC_CHAT_CONFIG_VERSION,
+        "model_type": "gpt_neox",
+        "quantization": quantization,
+        "model_config": config.mlc_model_config(
+            context_window_size=context_window_size,
+            prefill_chunk_size=prefill_chunk_size,
+            ffn_out_dtype=ffn_out_dtype,
+        ),
+        "vocab_size": config.vocab_size,
+        "context_window_size": context_window_size,
+        "sliding_window_size": -1,
+        "prefill_chunk_size": prefill_chunk_size,
+        "attention_sink_size": -1,
+        "tensor_parallel_shards": 1,
+        "pipeline_parallel_stages": 1,
+        "active_vocab_size": active_vocab_size,
+    }
+    for key in ("temperature", "presence_penalty", "frequency_penalty", "repetition_penalty", "top_p"):
+        value = generation.get(key, generation_config.get(key))
+        chat[key] = SYSTEM_DEFAULTS[key] if value is None else value
+    chat["tokenizer_files"] = list(tokenizer_fields["tokenizer_files"])
+    chat["tokenizer_info"] = dict(tokenizer_fields["tokenizer_info"])
+    chat["conv_template"] = conv_template
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = generation_config.get(key)
+        chat[key] = SYSTEM_DEFAULTS[key] if value is None else value
+    chat["model_task"] = "chat"
+    chat["embedding_metadata"] = None
+    # Not read by MLC (unknown keys are ignored); the TVM runtime an app links must match this era.
+    chat["hf2mlc"] = provenance
+    return chat
+
+
+def _source_card_metadata(model_dir: Path) -> dict[str, Any]:
+    """The YAML front matter of the source model's README.md (license, language …), if any."""
+    import yaml
+
+    readme = model_dir / "README.md"
+    if not readme.is_file():
+        return {}
+    text = readme.read_text(encoding="utf-8")
+    if not text.startswith("---"):
+        return {}
+    try:
+        front = text.split("---", 2)[1]
+        data = yaml.safe_load(front) or {}
+    except (IndexError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _check_weights_match_library(lib_info: dict[str, Any], records: list[dict[str, Any]], where: Path) -> None:
+    """Every parameter the library's metadata asks for must be in tensor-cache.json with its shape and dtype,
+    or the app fails at load time on the phone; fail here instead."""
+    wanted = lib_info.get("params")
+    if not wanted:
+        return
+    have = {rec["name"]: rec for rec in records}
+    for param in wanted:
+        rec = have.get(param["name"])
+        if rec is None:
+            raise UserError(f"{where}: the model library needs parameter {param['name']!r}, which the weights lack; "
+                            "rebuild the weights and the library with the same quantization and family.")
+        shape = [int(d) if isinstance(d, int) or str(d).isdigit() else d for d in param["shape"]]
+        concrete = [d for d in shape if isinstance(d, int)]
+        if rec["dtype"] != param["dtype"] or (len(concrete) == len(shape) and list(rec["shape"]) != shape):
+            raise UserError(
+                f"{where}: parameter {param['name']!r} is {rec['dtype']}{list(rec['shape'])} in the weights but "
+                f"{param['dtype']}{shape} in the model library; rebuild both from the same settings."
+            )
+
+
+def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -> None:
+    """Assemble the bundle for ``settings["device"]`` into ``out`` (an empty directory)."""
+    from .manifest import tool_versions
+    from .tokenizer import mlc_tokenizer_fields
+
+    device = settings["device"]
+    model_id = settings["model_id"]
+    quantization = settings["quantization"]
+    config = GPTNeoXConfig.from_file(inputs["model"])
+    overrides = _read_json(inputs["patch"] / "overrides.json")
+    conv_template = _read_json(inputs["patch"] / "conv_template.json")
+    lib_info = _read_json(inputs["build"] / "lib-info.json")
+    evaluation = _read_json(inputs["evaluate"] / "report.json")
+    generation_config: dict[str, Any] = {}
+    for name in ("config.json", "generation_config.json"):  # later files win, as in transformers
+        path = inputs["model"] / name
+        if path.is_file():
+            generation_config.update({k: v for k, v in _read_json(path).items() if v is not None})
+
+    model_dir = out / "bundle" / model_id
+    model_dir.mkdir(parents=True)
+    for src in sorted(inputs["weights"].iterdir()):
+        if src.name != "manifest.json" and src.is_file():
+            _link_or_copy(src, model_dir / src.name)
+    param_bytes, records = _tensor_cache_bytes(inputs["weights"])
+    _check_weights_match_library(lib_info, records, inputs["build"])
+
+    tokenizer_fields = mlc_tokenizer_fields(inputs["tokenizer"])
+    for name in tokenizer_fields["tokenizer_files"]:
+        _link_or_copy(inputs["tokenizer"] / name, model_dir / name)
+    parity = _read_json(inputs["tokenizer"] / "parity-report.json")
+    active_vocab_size = int(parity.get("vocab_size", config.vocab_size))
+
+    versions = tool_versions()
+    provenance = {"hf2mlc": versions["hf2mlc"], "apache-tvm": versions["apache-tvm"], "apache-tvm-ffi": versions["apache-tvm-ffi"]}
+    chat = mlc_chat_config(
+        config,
+        quantization=quantization,
+        context_window_size=settings["context_window_size"],
+        prefill_chunk_size=settings["prefill_chunk_size"],
+        ffn_out_dtype=overrides["overrides"].get("ffn_out_dtype", "float32"),
+        conv_template=conv_template,
+        tokenizer_fields=tokenizer_fields,
+        generation=overrides.get("generation", {}),
+        generation_config=generation_config,
+        active_vocab_size=active_vocab_size,
+        provenance=provenance,
+    )
+    _dump_mlc_json(model_dir / "mlc-chat-config.json", chat)
+
+    lib_dir = out / "lib"
+    lib_dir.mkdir()
+    lib_files = []
+    for role, rel in sorted(lib_info["files"].items()):
+        src = inputs["build"] / Path(rel).name
+        name = STATIC_LIB_NAME[device] if role == "static_lib" and device in STATIC_LIB_NAME else src.name
+        _link_or_copy(src, lib_dir / name)
+        lib_files.append(name)
+    model_lib = lib_info.get("system_lib_prefix") or lib_info.get("lib_name") or settings["model_id"]
+    model_lib = model_lib.rstrip("_")
+    vram = estimated_vram_bytes(config, param_bytes, settings["context_window_size"], settings["prefill_chunk_size"])
+
+    _dump_mlc_json(
+        out / "bundle" / "mlc-app-config.json",
+        {"model_list": [{"model_id": model_id, "model_lib": model_lib, "model_path": model_id, "estimated_vram_bytes": vram}]},
+    )
+    source = settings["source"]
+    package_source = source.replace("hf://", "HF://").split("@")[0] if source.startswith("hf://") else f"bundle/{model_id}"
+    _dump_mlc_json(
+        out / "mlc-package-config.json",
+        {
+            "device": device,
+            "model_list": [
+                {
+                    "model": package_source,
+                    "model_id": model_id,
+                    "estimated_vram_bytes": vram,
+                    "bundle_weight": True,
+                    "overrides": {
+                        "context_window_size": settings["context_window_size"],
+                        "prefill_chunk_size": chat["prefill_chunk_size"],
+                    },
+                    "model_lib": model_lib,
+                }
+            ],
+        },
+    )
+    _dump_mlc_json(
+        out / "app-config.json",
+        {"model_libs": [model_lib], "model_list": [{"model_url": package_source, "local_id": model_id}], "add_model_samples": []},
+    )
+    card = model_card(
+        settings=settings,
+        chat_config=chat,
+        evaluation=evaluation,
+        source_metadata=_source_card_metadata(inputs["model"]),
+        lib_files=lib_files,
+        model_lib=model_lib,
+        estimated_vram=vram,
+    )
+    (out / "README.md").write_text(card, encoding="utf-8")
+
+
+def record_version(log_path: Path, manifest: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Append one line per bundle produced to results/versions.jsonl (never rewritten)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "version_id": manifest["version_id"],
+        "model_id": settings["model_id"],
+        "device": settings["device"],
+        "quantization": settings["quantization"],
+        "source": settings["source"],
+        "inputs": manifest["inputs"],
+        "produced_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(log_path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def hub_folder(package: Path) -> Iterator[Path]:
+    """The package laid out as a Hub model repo, in a temporary directory of hard links.
+
+    MLC's apps download a model from its Hub repo's root (``model_url``), so the root holds the weights and
+    mlc-chat-config.json; the card is README.md; the libraries go under lib/; the bundle's manifest rides
+    along as hf2mlc-manifest.json for provenance.
+    """
+    model_dirs = [p for p in (package / "bundle").iterdir() if p.is_dir()]
+    if len(model_dirs) != 1:
+        raise UserError(f"{package}/bundle: expected one model directory, found {len(model_dirs)}; rerun the package stage.")
+    with tempfile.TemporaryDirectory(prefix=".hub-", dir=package.parent) as tmp:
+        root = Path(tmp)
+        for src in sorted(model_dirs[0].iterdir()):
+            _link_or_copy(src, root / src.name)
+        for src in sorted((package / "lib").iterdir()):
+            _link_or_copy(src, root / "lib" / src.name)
+        _link_or_copy(package / "README.md", root / "README.md")
+        _link_or_copy(package / "manifest.json", root / "hf2mlc-manifest.json")
+        yield root

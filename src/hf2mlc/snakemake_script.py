@@ -1,0 +1,41 @@
+"""The adapter between Snakemake's ``script:`` directive and the stage functions in :mod:`hf2mlc.stages`.
+
+It sends everything the stage prints (progress bars included) to the rule's ``log:`` file, and turns a
+:class:`~hf2mlc.errors.UserError` into one clear line on the terminal and in the log, with a non-zero
+exit, instead of a traceback that buries the message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .errors import UserError
+
+
+def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> None:
+    """Run ``stage(**kwargs)`` with stdout/stderr and logging sent to ``snakemake.log[0]``."""
+    log_path = snakemake.log[0]
+    terminal = sys.__stderr__
+    with open(log_path, "w", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(
+        log
+    ), contextlib.redirect_stderr(log):
+        handler = logging.StreamHandler(log)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        # Warnings (a deprecated family, a missing optional tool) also reach the terminal, not only the log.
+        loud = logging.StreamHandler(terminal)
+        loud.setLevel(logging.WARNING)
+        loud.setFormatter(logging.Formatter(f"hf2mlc: rule {snakemake.rule}: %(levelname)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler, loud]
+        root.setLevel(logging.INFO)
+        try:
+            stage(**kwargs)
+        except UserError as err:
+            message = f"hf2mlc: rule {snakemake.rule}: {err}"
+            print(message, file=log)
+            print(message, file=terminal)
+            sys.exit(1)

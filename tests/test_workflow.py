@@ -1,0 +1,217 @@
+"""The workflow end to end on the demo model, with Snakemake's own dry run as the oracle for reruns.
+
+The slow part (one full run of every stage, then one rebuild from an empty results/) is shared by the
+tests below through a session fixture; the incremental tests only ask Snakemake what it *would* run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hf2mlc.manifest import read_manifest, verify_manifest
+from workflow_helpers import copy_workflow, planned_jobs, snakemake
+
+DEMO = "model=demo"
+
+
+# ---------------------------------------------------------------- fast: no stage runs
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path / "wf")
+    proc = snakemake(work, "--lint")
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_dry_run_plans_the_card_stages(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path / "wf")
+    jobs = planned_jobs(work, "iphone_bundle")
+    assert jobs == sorted([
+        f"download[{DEMO}]",
+        f"patch[{DEMO}]",
+        f"tokenizer[{DEMO}]",
+        f"convert[{DEMO},quant=q0f16]",
+        f"convert[{DEMO},quant=q4f16_0]",
+        f"build[{DEMO},target=host,quant=q0f16]",
+        f"build[{DEMO},target=mac,quant=q0f16]",
+        f"build[{DEMO},target=host,quant=q4f16_0]",
+        f"build[{DEMO},target=iphone,quant=q4f16_0]",
+        f"evaluate[{DEMO},quant=q4f16_0]",
+        f"package[{DEMO},device=iphone]",
+    ])
+
+
+def test_slurm_profile_dry_run(tmp_path: Path) -> None:
+    work = copy_workflow(tmp_path / "wf")
+    proc = snakemake(work, "--profile", "profiles/slurm", "--dry-run", "iphone_bundle")
+    assert "This was a dry-run" in proc.stdout + proc.stderr
+
+
+def _edit_config(work: Path, edit) -> Path:
+    path = work / "config" / "config.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    edit(data)
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (lambda c: c["defaults"]["targets"]["iphone"].__setitem__("quantization", "q9f16_0"), "quantization"),
+        (lambda c: c["models"][0].__setitem__("family", "no-such-family"), "config/families/no-such-family.yaml"),
+        (lambda c: c["models"].append(dict(c["models"][0])), "more than once"),
+        (lambda c: c["upload"].__setitem__("repo", "not a repo"), "repo"),
+    ],
+    ids=["bad-quantization", "unknown-family", "duplicate-id", "bad-upload-repo"],
+)
+def test_bad_config_is_one_clear_error(tmp_path: Path, edit, needle: str) -> None:
+    work = copy_workflow(tmp_path / "wf")
+    _edit_config(work, edit)
+    proc = snakemake(work, "--dry-run", "iphone_bundle", check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stdout + proc.stderr
+    assert not (work / "results").exists()
+
+
+# ---------------------------------------------------------------- slow: the real DAG
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One full run of every stage: both bundles and the evaluations (the rebuild test runs a second)."""
+    work = copy_workflow(tmp_path_factory.mktemp("workflow") / "wf")
+    start = time.perf_counter()
+    snakemake(work, "--cores", "2", "all")
+    first_seconds = time.perf_counter() - start
+    return {"work": work, "first_seconds": first_seconds}
+
+
+def _assert_plan(work: Path, expected: set[str], *args: str) -> None:
+    jobs = planned_jobs(work, "all", *args)
+    assert set(jobs) == expected, f"planned {jobs}, expected {sorted(expected)}"
+
+
+@pytest.mark.slow
+def test_noop_rerun_schedules_nothing(built: dict) -> None:
+    start = time.perf_counter()
+    jobs = planned_jobs(built["work"], "all")
+    seconds = time.perf_counter() - start
+    assert jobs == []
+    assert seconds < 30, f"a no-op dry run took {seconds:.1f} s"
+
+
+@pytest.mark.slow
+def test_iphone_context_window_change_reruns_only_the_iphone_build(built: dict) -> None:
+    work = built["work"]
+    original = (work / "config" / "config.yaml").read_text(encoding="utf-8")
+    try:
+        _edit_config(work, lambda c: c["defaults"]["targets"]["iphone"].__setitem__("context_window_size", 512))
+        _assert_plan(work, {
+            f"build[{DEMO},target=iphone,quant=q4f16_0]",
+            f"package[{DEMO},device=iphone]",
+        })
+    finally:
+        (work / "config" / "config.yaml").write_text(original, encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_iphone_quantization_change_reruns_only_the_iphone_path(built: dict) -> None:
+    work = built["work"]
+    original = (work / "config" / "config.yaml").read_text(encoding="utf-8")
+    try:
+        _edit_config(work, lambda c: c["defaults"]["targets"]["iphone"].__setitem__("quantization", "q4f16_1"))
+        _assert_plan(work, {
+            f"convert[{DEMO},quant=q4f16_1]",
+            f"build[{DEMO},target=host,quant=q4f16_1]",
+            f"build[{DEMO},target=iphone,quant=q4f16_1]",
+            f"evaluate[{DEMO},quant=q4f16_1]",
+            f"package[{DEMO},device=iphone]",
+        })
+    finally:
+        (work / "config" / "config.yaml").write_text(original, encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
+    work = built["work"]
+    family = work / "config" / "families" / "line.yaml"
+    original = family.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(original)
+        data["conversation"]["system_message"] = "あなたは親切なアシスタントです。"
+        family.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        _assert_plan(work, {f"patch[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
+    finally:
+        family.write_text(original, encoding="utf-8")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("edited", ["scripts/tokenizer.py", "src/hf2mlc/tokenizer.py"])
+def test_code_edit_reruns_only_its_rule(built: dict, edited: str) -> None:
+    work = built["work"]
+    path = work / edited
+    original = path.read_text(encoding="utf-8")
+    try:
+        path.write_text(original + "\n# an edit\n", encoding="utf-8")
+        _assert_plan(work, {f"tokenizer[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
+    finally:
+        path.write_text(original, encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_every_output_has_an_intact_manifest(built: dict) -> None:
+    results = built["work"] / "results"
+    stage_dirs = [p.parent for p in results.rglob("manifest.json")]
+    stages = {read_manifest(d)["stage"] for d in stage_dirs}
+    assert stages == {"download", "patch", "convert", "build", "tokenizer", "evaluate", "package"}
+    for directory in stage_dirs:
+        assert verify_manifest(directory) == [], directory
+        manifest = read_manifest(directory)
+        assert manifest["tools"]["apache-tvm"] == "0.27.0.post1"
+        assert all(entry["size"] > 0 for entry in manifest["files"].values()), directory
+    versions = [json.loads(line) for line in (results / "versions.jsonl").read_text().splitlines()]
+    assert {(v["device"], v["version_id"]) for v in versions} == {
+        (device, read_manifest(results / "package" / "demo" / device)["version_id"]) for device in ("iphone", "mac")
+    }
+    for device in ("iphone", "mac"):
+        assert (results / "logs" / "package" / "demo" / f"{device}.log").is_file()
+        assert (results / "benchmarks" / "package" / "demo" / f"{device}.tsv").is_file()
+
+
+def _comparable(path: Path) -> bytes:
+    """File bytes, except that a manifest's timings (wall clock) are left out."""
+    if path.name != "manifest.json":
+        return path.read_bytes()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("timings", None)
+    return json.dumps(data, sort_keys=True).encode()
+
+
+@pytest.mark.slow
+def test_rebuild_from_empty_results_is_byte_identical(built: dict) -> None:
+    work = built["work"]
+    first = work / "results-first"
+    if not first.exists():
+        shutil.move(work / "results", first)
+        snakemake(work, "--cores", "2", "all")
+    second = work / "results"
+    skip = {"logs", "benchmarks"}
+    files = sorted(
+        p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.relative_to(first).parts[0] not in skip
+        and p.name != "versions.jsonl"
+    )
+    assert files, "the first run produced nothing"
+    for rel in files:
+        assert (second / rel).is_file(), f"{rel} missing from the rebuild"
+        assert _comparable(first / rel) == _comparable(second / rel), f"{rel} differs between two builds"
+    for device in ("iphone", "mac"):
+        a = read_manifest(first / "package" / "demo" / device)["version_id"]
+        b = read_manifest(second / "package" / "demo" / device)["version_id"]
+        assert a == b
