@@ -8,6 +8,7 @@ rule convert:
         quantization="{quant}",
         ffn_out_dtype=ffn_out_dtype,
         code=code_version("convert.py", "tensor_cache.py", "loader", "quantization", "model/params.py"),
+    threads: 2
     log:
         "results/logs/convert/{model}/{quant}.log",
     benchmark:
@@ -33,7 +34,8 @@ rule build:
         ffn_out_dtype=ffn_out_dtype,
         lib_name=lambda wildcards: f"{mlc_model_id(wildcards.model, wildcards.quant)}-{wildcards.target}",
         max_logit_rel_error=lambda wildcards: MODELS[wildcards.model]["max_logit_rel_error"],
-        code=code_version("compile.py", "model", "quantization/nn.py", "compiler_pass", "runtime.py", "check.py"),
+        code=code_version("compile.py", "model", "quantization/nn.py", "compiler_pass", "runtime.py", "evaluate.py", "data"),
+    threads: 2
     log:
         "results/logs/build/{model}/{target}-{quant}.log",
     benchmark:

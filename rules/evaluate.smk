@@ -9,7 +9,8 @@ rule evaluate:
         directory(evaluate_dir("{model}", "{quant}")),
     params:
         quantization="{quant}",
-        code=code_version("evaluate.py", "runtime.py"),
+        code=code_version("evaluate.py", "runtime.py", "data"),
+    threads: 2
     log:
         "results/logs/evaluate/{model}/{quant}.log",
     benchmark:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,13 @@ from .errors import UserError
 
 
 def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> None:
-    """Run ``stage(**kwargs)`` with stdout/stderr and logging sent to ``snakemake.log[0]``."""
+    """Run ``stage(**kwargs)`` with stdout/stderr and logging sent to ``snakemake.log[0]``.
+
+    The job's thread count (``threads:`` scaled by ``--cores``) caps torch's, TVM's and numpy's thread
+    pools, so parallel jobs do not oversubscribe the machine; it must be set before they are imported.
+    """
+    for name in ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(snakemake.threads)
     log_path = snakemake.log[0]
     terminal = sys.__stderr__
     with open(log_path, "w", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(

@@ -128,7 +128,7 @@ def build(
             )
         write_json(tmp / "lib-info.json", _json_safe(info))
         if target == "host":
-            from .check import check_host_build
+            from .evaluate import check_host_build
 
             params["max_logit_rel_error"] = max_logit_rel_error
             with watch("check"):
