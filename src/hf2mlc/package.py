@@ -201,7 +201,7 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
     model_dir = out / "bundle" / model_id
     model_dir.mkdir(parents=True)
     for src in sorted(inputs["weights"].iterdir()):
-        if src.name != "manifest.json" and src.is_file():
+        if src.name != "manifest.json" and not src.name.startswith(".") and src.is_file():
             _link_or_copy(src, model_dir / src.name)
     param_bytes, records = _tensor_cache_bytes(inputs["weights"])
     _check_weights_match_library(lib_info, records, inputs["build"])
@@ -232,9 +232,10 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
     lib_dir = out / "lib"
     lib_dir.mkdir()
     lib_files = []
-    for role, rel in sorted(lib_info["files"].items()):
+    for rel in sorted(lib_info["files"]):
         src = inputs["build"] / Path(rel).name
-        name = STATIC_LIB_NAME[device] if role == "static_lib" and device in STATIC_LIB_NAME else src.name
+        # MLC's iOS app links the model libraries as one static archive of this name.
+        name = STATIC_LIB_NAME[device] if src.suffix == ".a" and device in STATIC_LIB_NAME else src.name
         _link_or_copy(src, lib_dir / name)
         lib_files.append(name)
     model_lib = lib_info.get("system_lib_prefix") or lib_info.get("lib_name") or settings["model_id"]

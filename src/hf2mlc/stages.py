@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .manifest import Stopwatch, atomic_output_dir, read_manifest, write_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,10 @@ def evaluate(
     from .evaluate import evaluate_build
 
     info = json.loads((Path(build_dir) / "lib-info.json").read_text(encoding="utf-8"))
-    lib = Path(build_dir) / Path(info["files"]["lib"]).name
+    libs = [name for name in info["files"] if name.endswith(".so")]
+    if not libs:
+        raise UserError(f"{build_dir}: no host library (.so) listed in lib-info.json; rebuild the host target.")
+    lib = Path(build_dir) / libs[0]
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
