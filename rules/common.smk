@@ -90,7 +90,8 @@ def local_source(wildcards):
 
 
 def family_file(wildcards):
-    return str(FAMILIES_DIR / f"{MODELS[wildcards.model]['family']}.yaml")
+    # Relative (as all job paths are), so no artifact records where the checkout lives.
+    return f"config/families/{MODELS[wildcards.model]['family']}.yaml"
 
 
 def family_overrides(model):

@@ -145,7 +145,7 @@ def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
     original = family.read_text(encoding="utf-8")
     try:
         data = yaml.safe_load(original)
-        data["conversation"]["system_message"] = "あなたは親切なアシスタントです。"
+        data["template"]["system_message"] = "あなたは親切なアシスタントです。"
         family.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
         _assert_plan(work, {f"patch[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
     finally:

@@ -1,0 +1,126 @@
+"""``hf2mlc``: the library without Snakemake — make the demo, inspect an artifact, chat with a host build.
+
+    hf2mlc demo results/download/demo            # the embedded demo checkpoint
+    hf2mlc inspect results/package/demo/iphone   # manifest summary; verifies every file's sha256
+    hf2mlc chat --model demo --quantization q4f16_0 --prompt "四国の県名を全て列挙してください。"
+
+``chat`` runs the host build of the workflow's results (same weights, template and tokenizer.json as the
+bundle) the way MLC's engine would: the prompt rendered by the conversation template, stop tokens, sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import stages
+
+    stages.download(source="demo", out_dir=args.out_dir)
+    print(f"demo checkpoint written to {args.out_dir}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .manifest import read_manifest, verify_manifest
+
+    directory = Path(args.directory)
+    if not (directory / "manifest.json").is_file():
+        raise UserError(f"{directory}: no manifest.json; point at a stage output under results/.")
+    manifest = read_manifest(directory)
+    bad = verify_manifest(directory)
+    size = sum(entry["size"] for entry in manifest["files"].values())
+    print(f"stage      {manifest['stage']}")
+    print(f"version    {manifest['version_id']}")
+    print(f"files      {len(manifest['files'])} ({size / 1e6:.1f} MB)")
+    for key, value in sorted(manifest.get("params", {}).items()):
+        print(f"param      {key} = {value}")
+    for role, digest in sorted(manifest.get("inputs", {}).items()):
+        print(f"input      {role} {digest[:16]}")
+    print(f"tools      apache-tvm {manifest['tools'].get('apache-tvm')}, hf2mlc {manifest['tools'].get('hf2mlc')}")
+    if bad:
+        print(f"CHANGED    {', '.join(bad)}", file=sys.stderr)
+        return 1
+    print("verified   every file matches its sha256")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    import json
+
+    from tokenizers import Tokenizer
+
+    from .families import render_prompt
+    from .runtime import Engine
+
+    results = Path(args.results)
+    build = results / "build" / args.model / f"host-{args.quantization}"
+    libs = sorted(build.glob("*.so"))
+    if not libs:
+        raise UserError(f"{build}: no host build; run `snakemake --cores 2 {build}` first.")
+    template = json.loads((results / "patch" / args.model / "conv_template.json").read_text(encoding="utf-8"))
+    generation = json.loads((results / "patch" / args.model / "overrides.json").read_text(encoding="utf-8"))["generation"]
+    tokenizer = Tokenizer.from_file(str(results / "tokenizer" / args.model / "tokenizer.json"))
+    engine = Engine(libs[0], results / "weights" / args.model / args.quantization)
+    temperature = generation.get("temperature", 0.7) if args.temperature is None else args.temperature
+    top_p = generation.get("top_p", 1.0)
+    history: list[tuple[str, str]] = []
+    prompts = [args.prompt] if args.prompt else None
+    while True:
+        if prompts is not None:
+            if not prompts:
+                return 0
+            user = prompts.pop()
+        else:
+            try:
+                user = input("ユーザー> ")
+            except EOFError:
+                return 0
+        history.append(("user", user))
+        ids = list(template.get("system_prefix_token_ids") or []) + tokenizer.encode(
+            render_prompt(template, history), add_special_tokens=False
+        ).ids
+        out = engine.generate(
+            ids, args.max_new_tokens, temperature=temperature, top_p=top_p,
+            stop_token_ids=template.get("stop_token_ids", []), seed=args.seed,
+        )
+        stops = set(template.get("stop_token_ids", []))
+        answer = tokenizer.decode([t for t in out if t not in stops], skip_special_tokens=True)
+        for stop in template.get("stop_str", []):
+            answer = answer.split(stop)[0]
+        print(answer)
+        history.append(("assistant", answer))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hf2mlc", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="write the embedded demo checkpoint")
+    demo.add_argument("out_dir")
+    demo.set_defaults(func=_cmd_demo)
+    inspect = sub.add_parser("inspect", help="summarise and verify a stage output")
+    inspect.add_argument("directory")
+    inspect.set_defaults(func=_cmd_inspect)
+    chat = sub.add_parser("chat", help="chat with a host build of the workflow's results")
+    chat.add_argument("--results", default="results")
+    chat.add_argument("--model", default="demo")
+    chat.add_argument("--quantization", default="q4f16_0")
+    chat.add_argument("--prompt", help="one prompt (default: read prompts from stdin)")
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float, help="0 for greedy (default: the family's)")
+    chat.add_argument("--seed", type=int, default=0)
+    chat.set_defaults(func=_cmd_chat)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"hf2mlc: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
