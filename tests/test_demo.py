@@ -1,8 +1,9 @@
 """The embedded demo model: files, LINE's options and ids, tokenizer behaviour, quality and determinism.
 
 One build serves the whole module (``demo``); the determinism test makes the only second one.
-References are independent of hf2mlc: transformers loads and runs the model, sentencepiece tokenizes,
-``unicodedata`` says what NFKC text is, and the perplexity is recomputed here from the logits.
+References are independent of hf2mlc's demo code: transformers loads and runs the model, sentencepiece
+tokenizes, ``unicodedata`` says what NFKC text is, the ``line`` family file (config/families/line.yaml)
+with ``render_prompt`` says what MLC's engine sends, and the perplexity is recomputed here from the logits.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ torch = pytest.importorskip("torch")
 spm = pytest.importorskip("sentencepiece")
 
 from hf2mlc import demo  # noqa: E402
+from hf2mlc import families  # noqa: E402
 from hf2mlc.demo_corpus import (  # noqa: E402
     RARE_CHARACTERS,
     SYSTEM,
     USER,
     demo_corpus,
     read_dialogues,
+    split_exchanges,
     write_dialogues,
 )
 from hf2mlc.errors import UserError  # noqa: E402
@@ -51,8 +54,12 @@ LINE_OPTIONS = {
 }
 LINE_SPECIAL_IDS = {"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3, "<mask>": 4, "<cls>": 5, "<sep>": 6}
 #: Held-out perplexity must stay below this (uniform over the vocabulary would be VOCAB_SIZE = 1024;
-#: seed 0 measures 1.47 on the reference machine).
+#: seed 0 measures 1.42 on the reference machine).
 PERPLEXITY_BOUND = 4.0
+LINE_FAMILY = Path(__file__).resolve().parents[1] / "config" / "families" / "line.yaml"
+#: New tokens greedy decoding may take before it must have emitted </s> (the longest answer asked for
+#: below, the omelette recipe, is 70 tokens).
+MAX_NEW_TOKENS = 100
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,8 +102,31 @@ def hf_model(demo_dir):
     return GPTNeoXForCausalLM.from_pretrained(demo_dir, dtype=torch.float32).eval()
 
 
+@pytest.fixture(scope="module")
+def line_template():
+    """The ``line`` family's conversation template, as the workflow writes it into mlc-chat-config.json."""
+    return families.conv_template(families.load_family(LINE_FAMILY))
+
+
 def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _exchanges(text: str) -> list[tuple[str, str]]:
+    """(question, answer) pairs of a corpus dialogue, read with a regular expression (a second parser)."""
+    pairs = re.findall(rf"^{USER}: ([^\n]*)\n{SYSTEM}: (.*?)(?=\n{USER}: |\Z)", text, flags=re.S | re.M)
+    assert "".join(f"{USER}: {q}\n{SYSTEM}: {a}\n" for q, a in pairs) == text + "\n"
+    return pairs
+
+
+def _answer_ends(sp, template, text: str) -> list[int]:
+    """Token count of the dialogue's encoding up to the end of each answer, from the engine's renderings."""
+    history, ends = [], []
+    for question, answer in _exchanges(text):
+        history.append(("user", question))
+        ends.append(len(sp.encode(families.render_prompt(template, history) + answer)))
+        history.append(("assistant", answer))
+    return ends
 
 
 # --- files and statistics ----------------------------------------------------------------------------
@@ -236,16 +266,19 @@ def test_heldout_roundtrip_newlines_and_nfkc(demo_dir, sp):
 # --- quality --------------------------------------------------------------------------------------
 
 
-def test_heldout_perplexity_far_below_uniform(demo_build, sp, hf_model):
+def test_heldout_perplexity_far_below_uniform(demo_build, sp, hf_model, line_template):
+    """Each dialogue encoded whole, nothing in front; targets the next token, but </s> after every answer."""
     out, stats, _, _ = demo_build
     nll, count = 0.0, 0
     with torch.no_grad():
         for text in read_dialogues(out / "heldout.txt"):
-            tokens = [2, *sp.encode(text), 2]
-            logits = hf_model(torch.tensor([tokens[:-1]])).logits[0].double()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            nll -= logprobs[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])].sum().item()
-            count += len(tokens) - 1
+            inputs = sp.encode(text)
+            targets = inputs[1:] + [2]
+            for end in _answer_ends(sp, line_template, text):
+                targets[end - 1] = 2
+            logprobs = torch.log_softmax(hf_model(torch.tensor([inputs])).logits[0].double(), dim=-1)
+            nll -= logprobs[torch.arange(len(inputs)), torch.tensor(targets)].sum().item()
+            count += len(targets)
     perplexity = math.exp(nll / count)
     assert perplexity < PERPLEXITY_BOUND, perplexity
     assert perplexity < sp.get_piece_size() / 100
@@ -254,15 +287,138 @@ def test_heldout_perplexity_far_below_uniform(demo_build, sp, hf_model):
     assert stats["initial_heldout_perplexity"] > 500  # untrained: about uniform
 
 
-def test_generates_a_memorised_answer(sp, hf_model):
-    """Greedy decoding in LINE's prompt format reproduces a multi-line answer from the corpus."""
-    prompt = [2, *sp.encode(f"{USER}: 四国の県名を全て列挙してください。\n{SYSTEM}: ")]
+# --- chat as MLC's engine drives it -----------------------------------------------------------------
+
+
+def test_chat_template_matches_line_family(line_template):
+    """The demo's copy of the template renders every held-out conversation as the line family does, and a
+    corpus dialogue is exactly the engine's prompt for its last turn followed by the last answer."""
+    _, heldout = demo_corpus(0)
+    assert families.render_prompt(line_template, [("user", "四国の県名を全て列挙してください。")]) == (
+        f"{USER}: 四国の県名を全て列挙してください。\n{SYSTEM}: "
+    )
+    for text in heldout:
+        pairs = _exchanges(text)
+        assert split_exchanges(text) == pairs
+        history = [(role, content) for q, a in pairs for role, content in (("user", q), ("assistant", a))]
+        for turn in range(1, len(history) + 1, 2):
+            assert families.render_prompt(demo.CHAT_TEMPLATE, history[:turn]) == families.render_prompt(
+                line_template, history[:turn]
+            )
+        assert families.render_prompt(line_template, history[:-1]) + pairs[-1][1] == text
+
+
+def test_chat_example_rows(sp, line_template):
+    """A training row starts at the dialogue's first token, its inputs are what the engine sends (never
+    </s>), and its targets put </s> after every answer."""
+    _, heldout = demo_corpus(0)
+    three = [text for text in heldout if len(_exchanges(text)) == 3]
+    assert len(three) > 10
+    for text in [heldout[0], *three[:5]]:
+        inputs, targets = demo.chat_example(sp.encode, text)
+        assert inputs == sp.encode(text) and len(targets) == len(inputs)
+        assert inputs[0] not in range(7) and 2 not in inputs
+        ends = _answer_ends(sp, line_template, text)
+        assert ends[-1] == len(inputs)
+        assert [t for t, target in enumerate(targets) if target == 2] == [end - 1 for end in ends]
+        for t, target in enumerate(targets[:-1]):
+            assert target == (2 if t + 1 in ends else inputs[t + 1])
+        # Each turn's prompt, as the engine encodes it, is exactly the row's inputs up to that answer,
+        # and the history continues after an answer with the newline piece, not with </s>.
+        history: list[tuple[str, str]] = []
+        for question, answer in _exchanges(text):
+            history.append(("user", question))
+            prompt = sp.encode(families.render_prompt(line_template, history))
+            assert inputs[: len(prompt)] == prompt
+            history.append(("assistant", answer))
+        assert all(inputs[end] == 7 for end in ends[:-1])
+    with pytest.raises(ValueError):
+        demo.chat_example(sp.encode, f"{SYSTEM}: こんにちは")
+
+
+def test_heldout_answers_end_with_stop_token(demo_dir, sp, hf_model, line_template):
+    """After every held-out answer, first or later turn, the model's choice is </s>; inside answers it
+    (almost) never is.  Teacher-forced: one forward pass over a dialogue gives each turn's prediction
+    after its prompt and its answer, exactly as the engine would compute it.  (Before rows were trained
+    this way, only the last answer of a dialogue was followed by </s>: seed 0 stopped after 207 of 301.)"""
+    answers = stopped = inside = premature = 0
     with torch.no_grad():
-        output = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=60, do_sample=False, eos_token_id=2, pad_token_id=2
+        for text in read_dialogues(demo_dir / "heldout.txt"):
+            inputs = sp.encode(text)
+            choice = hf_model(torch.tensor([inputs])).logits[0].argmax(-1).tolist()
+            history: list[tuple[str, str]] = []
+            for (question, answer), end in zip(_exchanges(text), _answer_ends(sp, line_template, text)):
+                history.append(("user", question))
+                start = len(sp.encode(families.render_prompt(line_template, history)))
+                history.append(("assistant", answer))
+                answers += 1
+                stopped += choice[end - 1] == 2
+                inside += end - start
+                premature += sum(c == 2 for c in choice[start - 1 : end - 1])
+    assert answers > 250
+    assert stopped >= 0.98 * answers, (stopped, answers)  # seed 0: 300 of 301
+    assert premature <= 0.002 * inside, (premature, inside)  # seed 0: 4 of 7015
+
+
+def _greedy(model, sp, template, messages: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """(prompt ids, new ids) of greedy decoding from the engine's prompt: the rendered conversation encoded
+    with nothing in front (the line family has no system_prefix_token_ids), stopping at </s>."""
+    assert template["system_prefix_token_ids"] is None and template["stop_token_ids"] == [2]
+    prompt = sp.encode(families.render_prompt(template, messages))
+    with torch.no_grad():
+        output = model.generate(
+            torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=2, pad_token_id=2,
         )
-    answer = sp.decode(output[0, len(prompt):].tolist())
-    assert answer.startswith("四国には4つの府県があります。\n1. 徳島県\n2. 香川県\n3. 愛媛県\n4. 高知県"), answer
+    return prompt, output[0, len(prompt) :].tolist()
+
+
+def _normalized(sp, text: str) -> str:
+    """The text as the model can write it (nmt_nfkc turns ！ into ! and so on)."""
+    return sp.decode(sp.encode(text))
+
+
+#: Questions of held-out kinds, with the corpus's answer to each.
+ANSWERS = {
+    "四国の県名を全て列挙してください。": "四国には4つの府県があります。\n1. 徳島県\n2. 香川県\n3. 愛媛県\n4. 高知県",
+    "味噌汁の作り方を教えて。": (
+        "味噌汁の作り方は次のとおりです。\n・だしを温めます。\n・豆腐とわかめを入れます。\n・火を止めて味噌を溶かします。\n以上です。"
+    ),
+    "卵焼きの作り方を教えて。": (
+        "卵焼きの作り方は次のとおりです。\n・卵を3個割ってよく混ぜます。\n・砂糖と塩を少し加えます。\n"
+        "・フライパンで少しずつ巻きながら焼きます。\n以上です。"
+    ),
+    "iPhoneとは何ですか？": "iPhoneとは、Apple社のスマートフォンです。",
+}
+
+
+@pytest.mark.parametrize("question", list(ANSWERS), ids=["shikoku", "miso-soup", "omelette", "iphone"])
+def test_first_turn_answers_and_stops(sp, hf_model, line_template, question):
+    """The card's prompt, exactly as the engine sends it: the answer, then </s> (the template's stop id)."""
+    prompt, new = _greedy(hf_model, sp, line_template, [("user", question)])
+    assert prompt == sp.encode(f"{USER}: {question}\n{SYSTEM}: ") and prompt[0] not in range(7)
+    assert 2 in new, f"no </s> within {MAX_NEW_TOKENS} tokens: {sp.decode(new)!r}"
+    answer = new[: new.index(2)]
+    assert sp.decode(answer) == _normalized(sp, ANSWERS[question])
+    assert len(new) == new.index(2) + 1  # generation ended at the stop token
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("四国の県名を全て列挙してください。", "卵焼きの作り方を教えて。"), ("味噌汁の作り方を教えて。", "四国の県名を全て列挙してください。")],
+    ids=["shikoku-then-omelette", "miso-soup-then-shikoku"],
+)
+def test_second_turn_with_history_answers_and_stops(sp, hf_model, line_template, first, second):
+    """Turn 2 as the engine renders it: turn 1's answer (as the model wrote it, without its </s>) in the
+    history, followed by the template's newline and the next question."""
+    _, new = _greedy(hf_model, sp, line_template, [("user", first)])
+    reply = sp.decode(new[: new.index(2)])
+    messages = [("user", first), ("assistant", reply), ("user", second)]
+    prompt, new = _greedy(hf_model, sp, line_template, messages)
+    assert 2 not in prompt and prompt[: len(sp.encode(f"{USER}: {first}"))] == sp.encode(f"{USER}: {first}")
+    assert sp.decode(prompt).endswith(f"{reply}\n{USER}: {_normalized(sp, second)}\n{SYSTEM}:")
+    assert 2 in new, f"no </s> within {MAX_NEW_TOKENS} tokens: {sp.decode(new)!r}"
+    assert sp.decode(new[: new.index(2)]) == _normalized(sp, ANSWERS[second])
 
 
 # --- corpus ---------------------------------------------------------------------------------------

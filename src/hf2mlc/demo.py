@@ -12,6 +12,13 @@ spaces, and LINE's prompt format needs real newlines.  The model is trained for 
 generated corpus (:mod:`hf2mlc.demo_corpus`) so that its weights predict text (held-out perplexity far
 below uniform) and numerical comparisons between builds mean something.
 
+It is trained to chat the way MLC's engine drives LINE's model with the ``line`` conversation template
+(config/families/line.yaml): the prompt ``ユーザー: {input}\\nシステム: `` is encoded whole with no special
+token in front, and generation ends when the model emits ``</s>`` (id 2), which never enters the history
+of the next turn.  So each training row is one dialogue from its first token (padded, never packed after
+another dialogue's ``</s>``), its inputs are the rendered conversation, and the model learns to emit
+``</s>`` after every answer (:func:`chat_example`).
+
 Determinism: the corpus comes from ``random.Random(seed)``, SentencePiece trains with one thread on a fixed
 sentence order, and torch runs with fixed seeds, a fixed thread count and deterministic algorithms, so
 every file is byte-identical from run to run on the same platform.
@@ -24,12 +31,13 @@ import io
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .demo_corpus import RARE_CHARACTERS, SYSTEM, USER, demo_corpus, write_dialogues
+from .demo_corpus import RARE_CHARACTERS, SYSTEM, USER, demo_corpus, split_exchanges, write_dialogues
 from .errors import UserError
+from .families import render_prompt
 from .manifest import atomic_output_dir, write_json
 
 #: Special pieces at LINE's ids: 0 ``<unk>``, 1 ``<s>``, 2 ``</s>``, 3 ``<pad>``, 4 ``<mask>``, 5 ``<cls>``,
@@ -50,10 +58,12 @@ NUM_LAYERS = 2
 INTERMEDIATE_SIZE = 4 * HIDDEN_SIZE
 MAX_POSITIONS = 2048
 
-#: Training schedule (fixed: part of what makes the bytes reproducible).
+#: Training schedule (fixed: part of what makes the bytes reproducible).  A batch is BATCH_SIZE whole
+#: dialogues, padded to the longest; dialogues are batched with others of similar length (pools of
+#: BUCKET_BATCHES batches sorted by length) so that padding costs little.
 TRAIN_STEPS = 300
-BATCH_SIZE = 8
-SEQUENCE_LENGTH = 128
+BATCH_SIZE = 16
+BUCKET_BATCHES = 8
 PEAK_LR = 3e-3
 WARMUP_STEPS = 20
 #: Threads torch uses while training.  Fixed, because a different thread count may split reductions
@@ -121,6 +131,58 @@ def _check_tokenizer(sp: Any) -> list[str]:
     if got != SPECIAL_PIECES or sp.id_to_piece(NEWLINE_ID) != "\n" or sp.get_piece_size() != VOCAB_SIZE:
         raise RuntimeError(f"demo tokenizer layout is wrong: {got!r}, id 7 {sp.id_to_piece(NEWLINE_ID)!r}")
     return [ch for ch in RARE_CHARACTERS if sp.piece_to_id(ch) == UNK_ID]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chat rows
+
+#: LINE's conversation template (config/families/line.yaml) with the fields
+#: :func:`hf2mlc.families.render_prompt` reads.  The demo holds its own copy because the package does not
+#: ship config/; a test renders dialogues with both and requires the same text.
+CHAT_TEMPLATE: dict[str, Any] = {
+    "name": "line",
+    "system_template": "{system_message}",
+    "system_message": "",
+    "add_role_after_system_message": True,
+    "roles": {"user": USER, "assistant": SYSTEM},
+    "seps": ["\n"],
+    "role_content_sep": ": ",
+    "role_empty_sep": ": ",
+}
+#: Target id that the loss ignores (padding).
+IGNORE_ID = -100
+
+
+def chat_example(encode: Callable[[str], list[int]], text: str) -> tuple[list[int], list[int]]:
+    """(input ids, target ids) of one dialogue, as MLC's engine shows the chat to the model.
+
+    The inputs are the dialogue encoded whole with nothing in front: for each answer, they begin with
+    exactly the ids the engine sends for that turn (``render_prompt`` of the history so far, encoded, no
+    special token).  ``targets[t]`` is what the model should emit after ``inputs[: t + 1]``: the next input
+    id, except after the last id of each answer, where it is ``</s>``.  The engine stops at ``</s>`` and
+    keeps it out of the history, so the next turn's prompt continues that answer with the template's
+    ``\\n`` (an input the model never has to predict); ``</s>`` is never an input.  Raises RuntimeError if
+    an answer does not start and end on token boundaries of the whole encoding (then no row could match
+    inference), ValueError if the text is not what the template renders.
+    """
+    inputs = list(encode(text))
+    history: list[tuple[str, str]] = []
+    rendered, ends = "", []
+    for question, answer in split_exchanges(text):
+        history.append(("user", question))
+        prompt = render_prompt(CHAT_TEMPLATE, history)
+        prompt_ids, answered_ids = list(encode(prompt)), list(encode(prompt + answer))
+        if inputs[: len(prompt_ids)] != prompt_ids or inputs[: len(answered_ids)] != answered_ids:
+            raise RuntimeError(f"the demo tokenizer encodes a turn of this dialogue differently in context: {text!r}")
+        rendered = prompt + answer
+        ends.append(len(answered_ids))
+        history.append(("assistant", answer))
+    if rendered != text:
+        raise ValueError(f"dialogue is not the {CHAT_TEMPLATE['name']} template's rendering of its turns: {text!r}")
+    targets = inputs[1:] + [EOS_ID]
+    for end in ends:
+        targets[end - 1] = EOS_ID
+    return inputs, targets
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,11 +270,15 @@ breaks a conversion of LINE's model breaks here too.
 | parameters | {stats["parameters"]:,} |
 | tokenizer | `spiece.model`: SentencePiece unigram, {VOCAB_SIZE} pieces, byte fallback, nmt_nfkc, `\\n` as piece {NEWLINE_ID} |
 | special ids | `<unk>` 0, `<s>` 1, `</s>` 2, `<pad>` 3, `<mask>` 4, `<cls>` 5, `<sep>` 6; bos = eos = 2 |
-| training | {stats["train_dialogues"]} generated dialogues ({stats["train_tokens"]:,} tokens), {TRAIN_STEPS} steps of {BATCH_SIZE}×{SEQUENCE_LENGTH} tokens |
+| training | {stats["train_dialogues"]} generated dialogues ({stats["train_tokens"]:,} tokens), {TRAIN_STEPS} steps of {BATCH_SIZE} whole dialogues, each from its first token, padded |
 | held-out perplexity | {stats["heldout_perplexity"]:.3f} on {stats["heldout_dialogues"]} dialogues in `heldout.txt` (uniform: {VOCAB_SIZE}) |
 
-Prompt format (as LINE's card): `{USER}: …\\n{SYSTEM}: `. `heldout.txt` holds dialogues separated by blank
-lines; its perplexity counts every token of a dialogue and the closing `</s>`, each given a leading `</s>`.
+Prompt format (as LINE's card and hf2mlc's `line` conversation template): `{USER}: …\\n{SYSTEM}: `, encoded
+with no special token in front; the model ends every answer with `</s>` (id 2), the template's stop token,
+and a later turn's prompt carries earlier answers without it (`{USER}: q1\\n{SYSTEM}: a1\\n{USER}: q2\\n{SYSTEM}: `).
+`heldout.txt` holds dialogues separated by blank lines. Its perplexity scores each dialogue encoded whole
+with nothing in front: every token after the first is predicted, except that `</s>` is the target after
+each answer (where the text goes on with `\\n`) and after the last one.
 Tokenize with sentencepiece (`spiece.model`): the fast tokenizer transformers 5 derives for `T5Tokenizer`
 has no byte fallback and turns newlines into spaces.
 """
@@ -249,23 +315,61 @@ def _learning_rate(step: int) -> float:
     return PEAK_LR * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _train(model: Any, stream: Any, seed: int) -> float:
-    """Train on random windows of the token stream; return the mean loss of the last 20 steps."""
+def _batches(lengths: list[int], generator: Any) -> Iterator[list[int]]:
+    """Row indices, a batch at a time, forever: each epoch in a fresh random order, cut into pools of
+    BUCKET_BATCHES batches whose rows are sorted by length (so a batch pads little), batches shuffled again."""
+    import torch
+
+    pool = BATCH_SIZE * BUCKET_BATCHES
+    while True:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+        batches = []
+        for start in range(0, len(order), pool):
+            rows = sorted(order[start : start + pool], key=lambda row: lengths[row])
+            batches += [rows[i : i + BATCH_SIZE] for i in range(0, len(rows), BATCH_SIZE)]
+        for index in torch.randperm(len(batches), generator=generator).tolist():
+            yield batches[index]
+
+
+def _padded(rows: list[tuple[list[int], list[int]]]) -> tuple[Any, Any, Any]:
+    """(input ids, attention mask, targets) of rows padded on the right; padding is masked and ignored."""
+    import torch
+
+    width = max(len(inputs) for inputs, _ in rows)
+    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    targets = torch.full((len(rows), width), IGNORE_ID, dtype=torch.long)
+    for row, (inputs, wanted) in enumerate(rows):
+        input_ids[row, : len(inputs)] = torch.tensor(inputs)
+        mask[row, : len(inputs)] = 1
+        targets[row, : len(wanted)] = torch.tensor(wanted)
+    return input_ids, mask, targets
+
+
+def _nll(model: Any, rows: list[tuple[list[int], list[int]]], reduction: str) -> Any:
+    import torch.nn.functional as F
+
+    input_ids, mask, targets = _padded(rows)
+    logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_ID, reduction=reduction)
+
+
+def _train(model: Any, examples: list[tuple[list[int], list[int]]], seed: int) -> float:
+    """Train on batches of whole dialogues (:func:`chat_example` rows); return the mean loss of the last 20 steps."""
     import torch
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
+    batches = _batches([len(inputs) for inputs, _ in examples], generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)
-    offsets = torch.arange(SEQUENCE_LENGTH)
     model.train()
     recent: list[float] = []
     bar = tqdm(range(TRAIN_STEPS), desc="[hf2mlc demo] train", file=sys.stderr, mininterval=1.0, leave=False)
     for step in bar:
-        starts = torch.randint(0, len(stream) - SEQUENCE_LENGTH, (BATCH_SIZE,), generator=generator)
-        batch = stream[starts[:, None] + offsets]
+        rows = [examples[index] for index in next(batches)]
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step)
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = _nll(model, rows, "mean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -276,22 +380,21 @@ def _train(model: Any, stream: Any, seed: int) -> float:
     return sum(recent) / len(recent)
 
 
-def heldout_perplexity(model: Any, documents: list[list[int]]) -> float:
-    """exp(mean NLL) over every token of each document plus its closing ``</s>``, given a leading ``</s>``.
+def heldout_perplexity(model: Any, examples: list[tuple[list[int], list[int]]]) -> float:
+    """exp(mean NLL) of every target of the held-out :func:`chat_example` rows.
 
-    This is the definition evaluations of the demo use, so numbers from different runtimes compare.
+    That is, each dialogue encoded whole with nothing in front, every token after its first predicted,
+    with ``</s>`` as the target after each answer (where the text continues with ``\\n``) and after the
+    last.  This is the definition evaluations of the demo use, so numbers from different runtimes compare.
     """
     import torch
-    import torch.nn.functional as F
 
     model.eval()
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
-        for ids in documents:
-            tokens = torch.tensor([[EOS_ID, *ids, EOS_ID]])
-            logits = model(input_ids=tokens[:, :-1]).logits.float()
-            total_nll += F.cross_entropy(logits[0], tokens[0, 1:], reduction="sum").item()
-            total_tokens += tokens.shape[1] - 1
+        for row in examples:
+            total_nll += _nll(model, [row], "sum").item()
+            total_tokens += len(row[1])
     return math.exp(total_nll / total_tokens)
 
 
@@ -363,36 +466,34 @@ def make_demo_model(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     spiece = train_tokenizer(train_text)
     sp = spm.SentencePieceProcessor(model_proto=spiece)
     byte_fallback_chars = _check_tokenizer(sp)
-    train_ids = [sp.encode(text) + [EOS_ID] for text in train_text]
-    heldout_ids = [sp.encode(text) for text in heldout_text]
+    train_rows = [chat_example(sp.encode, text) for text in train_text]
+    heldout_rows = [chat_example(sp.encode, text) for text in heldout_text]
     _progress(
         f"2/4 tokenizer: {sp.get_piece_size()} pieces, {len(byte_fallback_chars)} rare characters left to "
         f"byte fallback ({lap('tokenizer'):.1f} s)"
     )
 
     import safetensors.torch
-    import torch
 
     stats: dict[str, Any] = {"seed": seed, "vocab_size": VOCAB_SIZE}
     with atomic_output_dir(out_dir) as tmp:
         write_json(tmp / "config.json", model_config())
         with _deterministic_torch(seed):
             model = _build_model(tmp)
-            stream = torch.tensor([token for ids in train_ids for token in ids], dtype=torch.long)
-            initial = heldout_perplexity(model, heldout_ids)
-            train_loss = _train(model, stream, seed)
+            initial = heldout_perplexity(model, heldout_rows)
+            train_loss = _train(model, train_rows, seed)
             state = _float16_state(model)
             # Measure the weights as stored: float16 values, computed in float32.
             result = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
             if result.unexpected_keys or set(result.missing_keys) - {"lm_head.weight", "embed_out.weight"}:
                 raise RuntimeError(f"float16 weights do not fit the model: {result}")
-            perplexity = heldout_perplexity(model, heldout_ids)
+            perplexity = heldout_perplexity(model, heldout_rows)
         stats.update(
             parameters=sum(p.numel() for p in model.parameters()),
             train_dialogues=len(train_text),
             heldout_dialogues=len(heldout_text),
-            train_tokens=int(stream.numel()),
-            heldout_tokens=sum(len(ids) + 1 for ids in heldout_ids),
+            train_tokens=sum(len(inputs) for inputs, _ in train_rows),
+            heldout_tokens=sum(len(targets) for _, targets in heldout_rows),
             steps=TRAIN_STEPS,
             final_train_loss=round(train_loss, 4),
             initial_heldout_perplexity=round(initial, 3),

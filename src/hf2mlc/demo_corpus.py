@@ -207,6 +207,26 @@ def dialogue(rng: random.Random) -> str:
     return "\n".join(turns)
 
 
+def split_exchanges(text: str) -> list[tuple[str, str]]:
+    """The (question, answer) exchanges of a dialogue written by :func:`dialogue`, in order.
+
+    The inverse of :func:`dialogue`'s layout: every exchange opens with ``ユーザー: `` at the start of a
+    line, a question is one line, and an answer (possibly several lines) follows ``\nシステム: ``.
+    Training needs the exchanges to put ``</s>`` after each answer, while the text stays what the chat
+    template renders.
+    """
+    opening, answer_opening = f"{USER}: ", f"\n{SYSTEM}: "
+    if not text.startswith(opening):
+        raise ValueError(f"dialogue does not open with {opening!r}: {text[:40]!r}")
+    exchanges = []
+    for block in text[len(opening) :].split(f"\n{opening}"):
+        question, found, answer = block.partition(answer_opening)
+        if not found or "\n" in question:
+            raise ValueError(f"dialogue exchange without a one-line question and an answer: {block[:40]!r}")
+        exchanges.append((question, answer))
+    return exchanges
+
+
 def demo_corpus(seed: int = 0) -> tuple[list[str], list[str]]:
     """(training dialogues, held-out dialogues), the same for the same seed on every run.
 

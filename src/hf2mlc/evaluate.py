@@ -48,34 +48,42 @@ def load_encoder(model_dir: Path) -> Callable[[str], list[int]]:
     raise UserError(f"{model_dir}: no spiece.model, tokenizer.model or tokenizer.json to tokenize the evaluation text with.")
 
 
-def evaluation_text(model_dir: Path) -> tuple[dict[str, str], list[str]]:
-    """Held-out documents: the demo's own ``heldout.txt`` when present, else the project's Japanese text."""
-    heldout = model_dir / "heldout.txt"
-    if heldout.is_file():
-        from .demo_corpus import read_dialogues
+def document_rows(model_dir: Path, *, max_tokens: int, max_len: int) -> tuple[dict[str, str], list[tuple[list[int], list[int]]]]:
+    """Held-out text as (inputs, targets) rows — ``targets[t]`` is the token to predict after ``inputs[:t+1]`` —
+    until ``max_tokens`` targets are collected; rows are cut to ``max_len``.
 
-        return {"name": "heldout.txt", "description": "the demo corpus's held-out dialogues"}, read_dialogues(heldout)
-    text = (DATA / "eval_ja.txt").read_text(encoding="utf-8")
-    docs = [d.strip("\n") for d in text.split("\n\n") if d.strip()]
-    return {"name": "eval_ja.txt", "description": "hf2mlc's Japanese chat and prose sample"}, docs
-
-
-def document_ids(model_dir: Path, *, max_tokens: int, max_len: int) -> tuple[dict[str, str], list[list[int]]]:
-    """Each document as [eos] + tokens + [eos], cut to ``max_len``, until ``max_tokens`` are collected."""
+    The demo's own ``heldout.txt`` is scored as its chats look to MLC's engine (the prompt encoded with
+    nothing in front, ``</s>`` after each answer: :func:`hf2mlc.demo.chat_example`), the definition of its
+    model card's perplexity. Other models get the project's Japanese sample as plain documents: the text
+    encoded with nothing in front, each token predicting the next, ``</s>`` after the last.
+    """
     config = GPTNeoXConfig.from_file(model_dir)
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
     if eos is None:
-        raise UserError(f"{model_dir}/config.json: eos_token_id is not set; the evaluation frames documents with it.")
+        raise UserError(f"{model_dir}/config.json: eos_token_id is not set; the evaluation ends documents with it.")
     encode = load_encoder(model_dir)
-    info, docs = evaluation_text(model_dir)
-    out: list[list[int]] = []
+    heldout = model_dir / "heldout.txt"
+    if heldout.is_file():
+        from .demo import chat_example
+        from .demo_corpus import read_dialogues
+
+        info = {"name": "heldout.txt", "description": "the demo's held-out chats, as the engine renders them"}
+        rows = [chat_example(encode, doc) for doc in read_dialogues(heldout)]
+    else:
+        text = (DATA / "eval_ja.txt").read_text(encoding="utf-8")
+        info = {"name": "eval_ja.txt", "description": "hf2mlc's Japanese chat and prose sample"}
+        rows = []
+        for doc in (d.strip("\n") for d in text.split("\n\n") if d.strip()):
+            ids = encode(doc)
+            rows.append((ids, ids[1:] + [eos]))
+    out: list[tuple[list[int], list[int]]] = []
     total = 0
-    for doc in docs:
-        ids = ([eos] + encode(doc) + [eos])[:max_len]
-        if len(ids) < 2:
+    for inputs, targets in rows:
+        inputs, targets = inputs[:max_len], targets[:max_len]
+        if not inputs:
             continue
-        out.append(ids)
-        total += len(ids) - 1
+        out.append((inputs, targets))
+        total += len(targets)
         if total >= max_tokens:
             break
     return info, out
@@ -176,16 +184,16 @@ def check_host_build(
     from .quantization import get_quantization
     from .runtime import Engine
 
-    _, docs = document_ids(model_dir, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
-    ids = docs[0]
+    _, rows = document_rows(model_dir, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
+    ids = rows[0][0]
     if len(ids) <= CHECK_DECODE_STEPS + 1:
         raise UserError(f"{model_dir}: the evaluation text is too short for the build check.")
     split = len(ids) - CHECK_DECODE_STEPS
     engine = Engine(lib_path, weights_dir)
-    rows = [engine.prefill(ids[:split])]
+    logits = [engine.prefill(ids[:split])]
     for token in ids[split:-1]:
-        rows.append(engine.decode(token))
-    ours = np.stack(rows)
+        logits.append(engine.decode(token))
+    ours = np.stack(logits)
     del engine
     gc.collect()
     quantized = get_quantization(quantization).kind != "no-quant"
@@ -228,18 +236,18 @@ def evaluate_build(
     from .runtime import Engine
 
     engine = Engine(lib_path, weights_dir)
-    info, docs = document_ids(model_dir, max_tokens=max_tokens, max_len=engine.context_window_size)
+    info, docs = document_rows(model_dir, max_tokens=max_tokens, max_len=engine.context_window_size)
     ours = []
-    for ids in docs:
+    for inputs, _ in docs:
         engine.reset()
-        ours.append(engine.logits_all(ids[:-1]))
+        ours.append(engine.logits_all(inputs))
     del engine
     gc.collect()
     model = original_reference(model_dir)
-    refs = [transformers_logits(model, ids[:-1]) for ids in docs]
+    refs = [transformers_logits(model, inputs) for inputs, _ in docs]
     del model
     gc.collect()
-    targets = np.concatenate([np.asarray(ids[1:]) for ids in docs])
+    targets = np.concatenate([np.asarray(t) for _, t in docs])
     lp_ours = _log_softmax(np.concatenate(ours))
     lp_ref = _log_softmax(np.concatenate(refs))
     rows = np.arange(len(targets))
