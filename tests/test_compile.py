@@ -131,6 +131,23 @@ def test_mac_tar_and_dylib_are_macos_arm64(mac):
     )
 
 
+def test_apple_exports_are_reproducible(mac, iphone, tmp_path):
+    """Same model, same bytes: no timestamps, owners or temporary paths in the .tar, .a or .dylib."""
+    for out, info in (mac, iphone):
+        tar = next(out.glob("*.tar"))
+        with tarfile.open(tar) as handle:
+            members = handle.getmembers()
+        assert [m.name for m in members] == sorted(m.name for m in members)
+        assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
+        assert tar.read_bytes()[4:8] == b"\0\0\0\0"  # gzip header mtime
+    dylib = next(mac[0].glob("*.dylib")).read_bytes()
+    assert b"@rpath/tiny-neox-q0f16.dylib" in dylib
+    assert str(mac[0]).encode() not in dylib and b"/tmp/" not in dylib
+    again = compile_model(CONFIG, "q0f16", "mac", tmp_path, lib_name="tiny-neox-q0f16", progress=False, **KW)
+    for name in again["files"]:
+        assert (tmp_path / name).read_bytes() == (mac[0] / name).read_bytes(), name
+
+
 def test_metadata_of_gpu_build_matches_request(iphone):
     _out, info = iphone
     meta = info["metadata"]
@@ -176,6 +193,7 @@ def test_host_build_schedules_every_matmul(quantization):
         ({"target": "android"}, r"build target 'android'.*host, mac, iphone"),
         ({"lib_name": "9lives"}, r"model library name '9lives'"),
         ({"lib_name": "a b"}, r"model library name 'a b'"),
+        ({"lib_name": "x-ios"}, r"model library name 'x-ios' is too short"),
         ({"prefill_chunk_size": 128}, r"prefill_chunk_size must be between 1 and context_window_size \(64\)"),
         ({"context_window_size": 0}, r"context_window_size must be positive"),
         ({"ffn_out_dtype": "bfloat16"}, r"ffn_out_dtype must be one of"),
@@ -183,7 +201,7 @@ def test_host_build_schedules_every_matmul(quantization):
     ],
 )
 def test_bad_build_settings_are_user_errors(tmp_path, kwargs, match):
-    args = {"quantization": "q0f16", "target": "host", "lib_name": "ok", **KW, **kwargs}
+    args = {"quantization": "q0f16", "target": "host", "lib_name": "ok-model", **KW, **kwargs}
     quantization, target = args.pop("quantization"), args.pop("target")
     with pytest.raises(UserError, match=match):
         compile_model(CONFIG, quantization, target, tmp_path, **args)

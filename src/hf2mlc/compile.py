@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import gzip
 import tarfile
 import tempfile
 import time
@@ -32,7 +33,6 @@ from typing import Any
 
 import tvm
 from tvm import relax
-from tvm.support import tar as tvm_tar
 from tvm.target import Target
 from tqdm import tqdm
 
@@ -105,6 +105,9 @@ def _check_args(lib_name: str, context_window_size: int, prefill_chunk_size: int
             f"model library name {lib_name!r} is invalid: use letters, digits, '_' and '-', not starting with a digit "
             "(it becomes the iOS system-library symbol prefix)."
         )
+    if len(system_lib_prefix(lib_name)) < 8:
+        # apache-tvm 0.27 keeps strings under 8 bytes inline, and relax.build then fails to read the prefix.
+        raise UserError(f"model library name {lib_name!r} is too short: use at least 7 characters.")
     if context_window_size <= 0:
         raise UserError(f"context_window_size must be positive, got {context_window_size} (config/config.yaml).")
     if not 0 < prefill_chunk_size <= context_window_size:
@@ -133,6 +136,10 @@ def _link_macos_dylib(output: str, objects: list[str], **_kwargs: Any) -> None:
         "-arch", "arm64",
         "-platform_version", "macos", "11.0", "11.0",
         "-dylib",
+        # The install name is recorded in the library; the staging path would make every build differ.
+        "-install_name", f"@rpath/{os.path.basename(output)}",
+        # No debug map (STABS naming the temporary object files and their mtimes): reproducible bytes.
+        "-S",
         "-undefined", "dynamic_lookup",
         "-o", output,
         *objects,
@@ -140,6 +147,25 @@ def _link_macos_dylib(output: str, objects: list[str], **_kwargs: Any) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise BuildError(f"ld64.lld failed linking {output}:\n{proc.stderr}")
+
+
+def _deterministic_tar(output: str, files: list[str], **_kwargs: Any) -> None:
+    """export_library's ``fcompile`` for the object .tar: a gzip'd tar like TVM's own, but reproducible.
+
+    TVM's helper shells out to ``tar -czf`` (member order from the file system, mtimes, owner names and a
+    gzip timestamp), so two builds of the same model differ; here members are sorted and their metadata
+    fixed, so the same inputs give the same bytes and the same bundle version id.
+    """
+    names = [os.path.basename(f) for f in files]
+    if len(set(names)) != len(names):
+        raise BuildError(f"duplicate object names in {output}: {sorted(names)}")
+    with open(output, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for path in sorted(files, key=os.path.basename):
+                info = tar.gettarinfo(path, arcname=os.path.basename(path))
+                info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+                with open(path, "rb") as handle:
+                    tar.addfile(info, handle)
 
 
 def _archive_from_tar(tar_path: Path, archive: Path) -> None:
@@ -225,7 +251,7 @@ def _write_outputs(executable: relax.VMExecutable, out_dir: Path, lib_name: str,
             executable.export_library(str(staging / f"{lib_name}.so"))
             written.append(f"{lib_name}.so")
         else:
-            executable.export_library(str(staging / f"{lib_name}.tar"), fcompile=tvm_tar.tar)
+            executable.export_library(str(staging / f"{lib_name}.tar"), fcompile=_deterministic_tar)
             written.append(f"{lib_name}.tar")
             if target == "mac" and _ld64_lld():
                 executable.export_library(str(staging / f"{lib_name}.dylib"), fcompile=_link_macos_dylib)
