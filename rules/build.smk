@@ -32,7 +32,7 @@ rule build:
         quantization="{quant}",
         settings=target_settings,
         ffn_out_dtype=ffn_out_dtype,
-        lib_name=lambda wildcards: f"{mlc_model_id(wildcards.model, wildcards.quant)}-{wildcards.target}",
+        lib_name=lambda wildcards: model_lib_name(wildcards.model, wildcards.quant, wildcards.target),
         max_logit_rel_error=lambda wildcards: MODELS[wildcards.model]["max_logit_rel_error"],
         code=code_version("compile.py", "model", "quantization/nn.py", "compiler_pass", "runtime.py", "evaluate.py", "data"),
     threads: 2

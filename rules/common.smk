@@ -2,6 +2,7 @@
 # about *which* files a job needs lives here, all logic about *how* to make them lives in src/hf2mlc/.
 
 import hashlib
+import re
 from pathlib import Path
 
 import yaml
@@ -109,6 +110,12 @@ def ffn_out_dtype(wildcards):
 def mlc_model_id(model, quant):
     """MLC's naming: <name>-<quantization>-MLC, as in mlc-ai's own Hub repos."""
     return f"{MODELS[model]['name']}-{quant}-MLC"
+
+
+def model_lib_name(model, quant, target):
+    """The model library's name: the MLC model id and target, with characters a C symbol prefix cannot
+    hold (the iPhone system library's) replaced, e.g. japanese-large-lm-3_6b-…-q4f16_0-MLC-iphone."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{mlc_model_id(model, quant)}-{target}")
 
 
 def code_version(*relpaths):

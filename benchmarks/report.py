@@ -1,0 +1,306 @@
+"""RESULTS.md from the numbers run.py collected: machine, goals, then one table per section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GIB = 2**30
+
+#: Issue 6's goals: (key, text, target).
+GOALS = (
+    ("q4_time", "3.6B fp16 → q4f16_0 wall time", "≤ 60 s"),
+    ("q4_speedup", "q4f16_0 conversion vs plain numpy baseline", "≥ 4×"),
+    ("q4_rss", "q4f16_0 conversion peak RSS", "≤ 2 GiB"),
+    ("q0_time", "3.6B fp16 → q0f16 wall time", "≤ 30 s"),
+    ("q0_rss", "q0f16 conversion peak RSS", "≤ 2 GiB"),
+    ("iphone_compile", "Compile of the 30-layer iPhone library", "≤ 120 s"),
+    ("noop", "No-op rerun of the workflow (`snakemake --cores 2 all`)", "≤ 3 s"),
+    ("decode", "Host decode of the q4f16_0 build vs transformers float32", "faster"),
+)
+
+
+def _s(seconds: float) -> str:
+    """Seconds with a precision that suits their size (the tiny scale measures milliseconds)."""
+    return f"{seconds:.1f} s" if seconds >= 10 else f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1000:.0f} ms"
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.2f} GB"
+
+
+def _mib(mb: float) -> str:
+    return f"{mb:,.0f} MiB ({mb / 1024:.2f} GiB)"
+
+
+def _others(run: dict[str, Any] | None) -> str:
+    """How busy the rest of the machine was during one measurement (cores used by other processes)."""
+    if not run:
+        return "–"
+    if run.get("other_cores") is not None:
+        return f"{run['other_cores']:.2f}"
+    return f"load {run['load_before']['load_1m']:.1f}" if run.get("load_before") else "–"
+
+
+def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(goal, target, measured, met) for every goal the run has numbers for."""
+    conv, comp, wf, host = (results.get(k) or {} for k in ("convert", "compile", "workflow", "host"))
+    measured: dict[str, tuple[str, bool | None]] = {}
+    q4, q0 = conv.get("q4f16_0"), conv.get("q0f16")
+    if q4:
+        measured["q4_time"] = (_s(q4["seconds"]), q4["seconds"] <= 60)
+        measured["q4_speedup"] = (f"{q4['speedup']:.1f}×", q4["speedup"] >= 4)
+        measured["q4_rss"] = (_mib(q4["peak_rss_mb"]), q4["peak_rss_mb"] <= 2048)
+    if q0:
+        measured["q0_time"] = (_s(q0["seconds"]), q0["seconds"] <= 30)
+        measured["q0_rss"] = (_mib(q0["peak_rss_mb"]), q0["peak_rss_mb"] <= 2048)
+    iphone = comp.get("iphone-q4f16_0")
+    if iphone:
+        measured["iphone_compile"] = ("failed", False) if "error" in iphone else (_s(iphone["seconds"]), iphone["seconds"] <= 120)
+    if wf:
+        noop = wf["real_noop"]["median_seconds"]
+        measured["noop"] = (f"{noop:.2f} s (dry run {wf['dry_run_noop']['median_seconds']:.2f} s)", noop <= 3)
+    tvm_q4, torch_ref = host.get("q4f16_0"), host.get("transformers")
+    if tvm_q4 and torch_ref and "decode_tokens_per_s" in tvm_q4:
+        ratio = tvm_q4["decode_tokens_per_s"] / torch_ref["decode_tokens_per_s"]
+        measured["decode"] = (f"{tvm_q4['decode_tokens_per_s']:.2f} vs {torch_ref['decode_tokens_per_s']:.2f} tok/s ({ratio:.2f}×)",
+                              ratio > 1)
+    rows = []
+    full = results["scale"] == "full"
+    for key, text, target in GOALS:
+        if key in measured:
+            value, met = measured[key]
+            status = ("met" if met else "**not met**") if full else f"n/a at {results['scale']} scale"
+            rows.append((text, target, value, status))
+        else:
+            rows.append((text, target, "not measured", "–"))
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _machine(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    start, end = m["load_at_start"], results.get("load_at_end") or {}
+    rows = [
+        ["CPU", f"{m['cpu_model']} ({m.get('cpu_features', '?')})"],
+        ["cores (usable)", m["cores"]],
+        ["memory", f"{m['memory_gib']} GiB ({start['mem_available_gib']} GiB available at start)"],
+        ["OS", m["os"]],
+        ["date", m["date"]],
+        ["load average at start (1/5/15 min)", f"{start['load_1m']} / {start['load_5m']} / {start['load_15m']}"],
+        ["load average at end (1/5/15 min)", f"{end.get('load_1m', '–')} / {end.get('load_5m', '–')} / {end.get('load_15m', '–')}"],
+        ["hf2mlc commit", m["commit"]],
+        ["benchmark wall time", f"{results.get('total_seconds', 0) / 60:.1f} min"],
+    ]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    return _table(["", ""], rows) + f"\n\nPackages: {versions}."
+
+
+def _checkpoint(results: dict[str, Any]) -> str:
+    c = results.get("checkpoint")
+    if not c:
+        return "Not run."
+    s = results["shape"]
+    return (
+        f"GPT-NeoX, hidden {s['hidden_size']}, {s['num_hidden_layers']} layers, {s['num_attention_heads']} heads, "
+        f"intermediate {s['intermediate_size']}, vocab {s['vocab_size']}, tied embeddings, float16: "
+        f"{c['params'] / 1e9:.3f} B parameters, {_gb(c['weight_bytes'])} of weights ({_gb(c['bytes'])} on disk with "
+        f"LINE's legacy attention buffers), "
+        + (f"{c['weight_files']} safetensors files + index. " if c["weight_files"] > 1 else "one model.safetensors. ")
+        + f"Checkpoint digest `{c['digest'][:16]}…`; this run {c['action']} it in {c['seconds']:.1f} s."
+    )
+
+
+def _convert(results: dict[str, Any]) -> str:
+    conv = results.get("convert")
+    if not conv:
+        return "Not run."
+    rows = []
+    for quant in ("q4f16_0", "q0f16"):
+        q = conv.get(quant)
+        if not q:
+            continue
+        b = q["baseline"]
+        runs = ", ".join(_s(r["call_seconds"]) for r in q["runs"])
+        rows.append([
+            f"`{quant}` hf2mlc (fast path)", f"**{_s(q['seconds'])}** (runs: {runs})", f"{q['gb_per_s']:.3f} GB/s",
+            f"**{q['speedup']:.1f}×**", _mib(q["peak_rss_mb"]), _gb(q["output_bytes"]), f"{q['bits_per_param']:.3f}",
+            f"{q['cpu_seconds'] / q['seconds']:.2f}", " / ".join(_others(r) for r in q["runs"]),
+        ])
+        cold = q.get("cold")
+        if cold:
+            rows.append([
+                f"`{quant}` hf2mlc, checkpoint not in page cache", _s(cold["call_seconds"]),
+                f"{conv['weight_bytes'] / cold['call_seconds'] / 1e9:.3f} GB/s",
+                f"{b['full_seconds_estimate'] / cold['call_seconds']:.1f}×", _mib(cold["peak_rss_mb"]), "", "",
+                f"{cold['cpu_seconds'] / cold['call_seconds']:.2f}", _others(cold),
+            ])
+        rows.append([
+            f"`{quant}` plain numpy baseline", f"{_s(b['full_seconds_estimate'])} (est.; {_s(b['subset_seconds'])} on the subset)",
+            f"{b['gb_per_s']:.3f} GB/s", "1×", _mib(b["peak_rss_mb"]), "", "", "", _others(b),
+        ])
+    table = _table(["conversion", "wall time (median)", "throughput", "vs baseline", "peak RSS", "output", "bits/param",
+                    "cores busy", "other work (cores)"], rows)
+    q4 = conv.get("q4f16_0") or conv.get("q0f16")
+    cached = [r.get("page_cache") for quant in ("q4f16_0", "q0f16") for r in (conv.get(quant) or {}).get("runs", [])]
+    cached = [c for c in cached if c is not None]
+    span = f"{min(cached):.0%}" if cached and min(cached) == max(cached) else f"{min(cached or [0]):.0%}–{max(cached or [0]):.0%}"
+    cache_text = (f"{span} of the checkpoint was in the page cache at the start of these runs"
+                  if cached else "page-cache residency was not measured (no `fincore`)")
+    notes = [
+        f"Throughput is {_gb(conv['weight_bytes'])} of source weights divided by the wall time of `convert_weights` "
+        "(reading the checkpoint, quantizing, writing shards with their md5 and tensor-cache.json), each run in a fresh "
+        "process, with no previous output present and the page cache flushed of dirty pages (`sync`) first. "
+        f"Before each timed run the checkpoint was read through, as after a download ({cache_text}); the "
+        "\"not in page cache\" run evicted the checkpoint's pages first (`posix_fadvise DONTNEED`). "
+        "\"cores busy\" is the conversion's CPU time / wall time; \"other work\" the cores that other processes "
+        "kept busy meanwhile (from /proc/stat; the machine was shared), per run.",
+    ]
+    if q4:
+        b = q4["baseline"]
+        notes.append(
+            f"The baseline (benchmarks/baseline.py: `safe_open`, one tensor at a time, float16 numpy arithmetic, a "
+            f"plain pack loop) converted a subset of {b['tensors']} full-size tensors ({_gb(b['subset_bytes'])}: the "
+            f"embedding as embedding and, tied, as `embed_out`, plus layers 0–{results['settings']['baseline_layers'] - 1}) "
+            f"at {b['subset_gb_per_s']:.4f} GB/s; its full-model time is that rate applied to the "
+            f"{_gb(conv['processed_bytes'])} the converter transforms (every weight, the tied embedding twice)."
+        )
+    checks = []
+    for quant in ("q4f16_0", "q0f16"):
+        q = conv.get(quant)
+        if q:
+            bc = q["bit_check"]
+            verdict = "bit for bit identical" if bc["identical"] == bc["tensors"] else f"**{bc['tensors'] - bc['identical']} differ**: {', '.join(bc['mismatched'])}"
+            checks.append(f"`{quant}`: {bc['identical']}/{bc['tensors']} output tensors {verdict}")
+    notes.append("Fast path vs the baseline on that subset (sha256 of each tensor's bytes in the shards): " + "; ".join(checks)
+                 + ". Output size and bits per parameter are therefore the baseline's too; bits per parameter is MLC's "
+                 "`BitsPerParam` (stored bytes × 8 / source parameters: the tied embedding is stored twice, so `q0f16` "
+                 "shows more than 16).")
+    return table + "\n\n" + "\n\n".join(notes)
+
+
+def _compile(results: dict[str, Any]) -> str:
+    comp = results.get("compile")
+    if not comp:
+        return "Not run."
+    rows = []
+    for key, c in comp.items():
+        if "error" in c:
+            rows.append([key, "**failed**", "", "", "", c["error"].strip().splitlines()[-1][:200]])
+            continue
+        files = ", ".join(f"{name} ({size / 2**20:.1f} MiB)" for name, size in c["files"].items())
+        kernels = c["kernels"].get("metal_kernels", 0)
+        rows.append([
+            f"{c['target']} `{c['quantization']}`", f"**{_s(c['seconds'])}**", _mib(c["peak_rss_mb"]),
+            f"{c['context_window_size']} / {c['prefill_chunk_size']}", files + (f"; {kernels} Metal kernels" if kernels else ""),
+            _others(c),
+        ])
+    table = _table(["library", "compile time", "peak RSS", "context / prefill chunk", "output", "other work (cores)"], rows)
+    return table + (
+        f"\n\nTime of `hf2mlc.compile.compile_model` for the {results['shape']['num_hidden_layers']}-layer model (export, "
+        "pipeline, codegen, export_library, and for GPU targets the kernel checks), each in a fresh process; context "
+        "windows and prefill chunks are the workflow's defaults from config/config.yaml."
+    )
+
+
+def _host(results: dict[str, Any]) -> str:
+    host = results.get("host")
+    if not host:
+        return "Not run."
+    ref = host.get("transformers") or {}
+    rows = []
+    for key, label in (("q4f16_0", "hf2mlc host build `q4f16_0`"), ("q0f16", "hf2mlc host build `q0f16`"),
+                       ("transformers", "transformers, torch float32")):
+        h = host.get(key)
+        if not h:
+            continue
+        if "error" in h:
+            rows.append([label, "**failed**", "", "", "", "", h["error"].strip().splitlines()[-1][:200]])
+            continue
+        vs = h.get("vs_transformers")
+        if vs and key == "q4f16_0":
+            check = (f"vs the q4f16_0 round-trip reference: max rel. error {vs['logits_max_rel_error']:.2e}, top-1 "
+                     f"{'agrees' if vs['top1_agrees'] else 'differs'} (vs float weights: {vs['logits_max_rel_error_vs_float']:.2e})")
+        elif vs:
+            check = (f"max rel. error {vs['logits_max_rel_error']:.2e}, top-1 {'agrees' if vs['top1_agrees'] else 'differs'}, "
+                     f"first {vs['greedy_tokens_agreeing']} greedy tokens agree")
+        else:
+            check = "reference"
+        rows.append([
+            label, f"{h['prefill_tokens_per_s']:.2f}", f"{h['decode_tokens_per_s']:.2f}",
+            f"{vs['prefill']:.2f}× / {vs['decode']:.2f}×" if vs else "1× / 1×",
+            _s(h["load_seconds"]), _mib(h["peak_rss_mb"]), _others(h), check,
+        ])
+    table = _table(["engine", "prefill tok/s", "decode tok/s", "vs transformers (prefill / decode)", "load time",
+                    "peak RSS", "other work (cores)", "last-position logits vs transformers"], rows)
+    threads = ref.get("torch_threads", "?")
+    after = ref.get("rss_after_load_mb") or {}
+    if after:
+        table += (f"\n\ntransformers' peak RSS includes loading (float16 file to float32 parameters); once loaded "
+                  f"it held {after.get('RssAnon', 0):,.0f} MiB of its own memory and {after.get('RssFile', 0):,.0f} MiB "
+                  "of mapped files.")
+    return table + (
+        f"\n\nThe same prompt of {host['prompt_len']} token ids for every engine, then greedy decode steps: "
+        f"{host['decode_tokens']} per run and {host['repeats']} run(s) for each hf2mlc build, "
+        f"{host['torch_decode_tokens']} per run and {host['torch_repeats']} runs for transformers (its steps are short); "
+        "one process per engine, one after another. Tokens/s are medians over runs (prefill) and over every decode "
+        "step. hf2mlc's engine drives the library with MLC's runtime calls "
+        f"(tensor cache, paged KV cache); transformers runs `GPTNeoXForCausalLM` in float32 with {threads} torch threads "
+        "and its KV cache. \"other work\" is the cores other processes kept busy while the engine ran: torch's and "
+        "TVM's thread pools both slow down sharply when other processes want the same cores. The `q0f16` build is "
+        "compared with transformers on the checkpoint's weights; the `q4f16_0` build with transformers on the weights "
+        "after a q4f16_0 round trip (quantize, dequantize), which isolates the engine's error from 4-bit's (the "
+        "synthetic weights spread over a 16× range of magnitudes, a hard case for 4 bits). Random weights give "
+        "near-ties, so greedy tokens diverge sooner than with a trained model."
+    )
+
+
+def _workflow(results: dict[str, Any]) -> str:
+    wf = results.get("workflow")
+    if not wf:
+        return "Not run."
+    ch = wf["iphone_context_change"]
+    rows = [
+        ["bring the scratch copy up to date", f"{wf['bring_up']['seconds']:.1f} s", "", ", ".join(wf["bring_up"]["jobs"]) or "nothing"],
+        ["no-op `snakemake -n all`", f"**{wf['dry_run_noop']['median_seconds']:.2f} s** (runs: {', '.join(map(str, wf['dry_run_noop']['seconds']))})",
+         _others(wf["dry_run_noop"]), "nothing" if wf["dry_run_noop"]["nothing_to_do"] else ", ".join(wf["dry_run_noop"]["jobs"])],
+        ["no-op `snakemake --cores 2 all`", f"**{wf['real_noop']['median_seconds']:.2f} s** (runs: {', '.join(map(str, wf['real_noop']['seconds']))})",
+         _others(wf["real_noop"]), "nothing" if wf["real_noop"]["nothing_to_do"] else ", ".join(wf["real_noop"]["jobs"])],
+        [f"iPhone context window {ch['from']} → {ch['to']}, `snakemake --cores 2 all`", f"**{ch['seconds']:.1f} s**",
+         _others(ch), ", ".join(ch["jobs"])],
+        [f"back to {ch['from']}", f"{wf['restore']['seconds']:.1f} s", _others(wf["restore"]), ", ".join(wf["restore"]["jobs"])],
+    ]
+    return _table(["run (demo model)", "wall time", "other work (cores)", "jobs run"], rows) + (
+        "\n\nIn a scratch copy of the workflow (benchmarks/work/workflow) holding a completed demo run; wall time of the "
+        "whole `snakemake` command, Python start-up and DAG construction included."
+        + ("" if wf["up_to_date_at_end"] else " **The copy was not up to date at the end.**")
+    )
+
+
+def render(results: dict[str, Any]) -> str:
+    scale = results["scale"]
+    s = results["shape"]
+    title = ("LINE-shaped 3.6B checkpoint" if scale == "full"
+             else f"{scale} scale ({s['num_hidden_layers']} layers, hidden {s['hidden_size']}) — not the full model")
+    parts = [
+        f"# hf2mlc benchmarks: {title}",
+        f"Written by `python benchmarks/run.py{'' if scale == 'full' else ' --scale ' + scale}` "
+        f"(sections: {', '.join(results['sections'])}); how to rerun and what each number means: benchmarks/README.md. "
+        f"MLP dtype (`ffn_out_dtype`): {results['ffn_out_dtype']}.",
+        "## Machine", _machine(results),
+        "## Goals (issue 6)",
+        _table(["goal", "target", "measured", "status"], [list(r) for r in goals(results)])
+        + ("" if scale == "full" else "\n\nThe goals are for the full 3.6B model; at this scale the numbers are only indicative."),
+        "## Synthetic checkpoint", _checkpoint(results),
+        "## Weight conversion", _convert(results),
+        "## Compile", _compile(results),
+        "## Host prefill and decode", _host(results),
+        "## Workflow reruns", _workflow(results),
+    ]
+    if results.get("errors"):
+        parts += ["## Errors"] + [f"**{k}**:\n\n```\n{v.strip()[-1500:]}\n```" for k, v in results["errors"].items()]
+    return "\n\n".join(parts) + "\n"

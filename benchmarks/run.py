@@ -1,0 +1,398 @@
+"""Run the full-scale benchmarks and write benchmarks/RESULTS.md (issue 6).
+
+    python benchmarks/run.py            # the 3.6B LINE-shaped checkpoint: ~15 min on 2 cores
+    python benchmarks/run.py --quick    # every tensor at full size, 2 layers: a few minutes
+    python benchmarks/run.py --scale tiny --sections convert,compile,host   # seconds (the test runs this)
+
+Sections (``--sections``, comma-separated; default all): ``checkpoint`` (generate or verify the
+synthetic checkpoint), ``convert`` (q4f16_0 and q0f16 against the plain numpy baseline, plus the
+bit-for-bit check), ``compile`` (iphone, mac, host libraries), ``host`` (prefill/decode speed of the
+host builds next to transformers), ``workflow`` (no-op and iPhone-context reruns of the demo
+workflow).  Each measurement runs in a fresh process (benchmarks/worker.py) so its peak RSS is its
+own.  Everything large goes to benchmarks/work/ (git-ignored); ``--clean`` removes it afterwards,
+keeping the checkpoint's digest file.  The full scale writes benchmarks/RESULTS.md; other scales
+write benchmarks/work/RESULTS-<scale>.md unless ``--results`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # `python benchmarks/run.py` from anywhere
+
+from benchmarks import machine, report, synthetic, workflow_bench  # noqa: E402
+
+SECTIONS = ("checkpoint", "convert", "compile", "host", "workflow")
+QUANTIZATIONS = ("q4f16_0", "q0f16")
+#: (target, quantization) of each library: the workflow's device builds and the host builds of both.
+BUILDS = (("iphone", "q4f16_0"), ("mac", "q0f16"), ("host", "q4f16_0"), ("host", "q0f16"))
+
+#: Per scale: how much to repeat, which tensors the slow baseline converts, the host-speed workload
+#: (every engine gets the same prompt; transformers at least as many decode steps and runs as the
+#: hf2mlc builds; ``--prompt-len``/``--decode-tokens``/``--host-repeats`` change the hf2mlc workload).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "full": {"convert_repeats": 3, "baseline_layers": 2, "max_shard_bytes": synthetic.HUB_MAX_SHARD_BYTES,
+             "prompt_len": 32, "decode_tokens": 8, "host_repeats": 3, "torch_decode_tokens": 16, "torch_repeats": 3,
+             "results": REPO / "benchmarks" / "RESULTS.md"},
+    "quick": {"convert_repeats": 2, "baseline_layers": 2, "max_shard_bytes": synthetic.HUB_MAX_SHARD_BYTES,
+              "prompt_len": 16, "decode_tokens": 8, "host_repeats": 2, "torch_decode_tokens": 16, "torch_repeats": 3,
+              "results": None},
+    "tiny": {"convert_repeats": 2, "baseline_layers": 1, "max_shard_bytes": 400_000,
+             "prompt_len": 16, "decode_tokens": 4, "host_repeats": 2, "torch_decode_tokens": 4, "torch_repeats": 2,
+             "results": None},
+}
+
+
+class Bench:
+    """Paths, settings and the results being collected for one benchmark run."""
+
+    def __init__(self, scale: str, work: Path, *, ffn_out_dtype: str, timeout: float) -> None:
+        self.scale = scale
+        self.settings = SETTINGS[scale]
+        self.shape = synthetic.SCALES[scale]
+        self.work = work
+        self.ffn_out_dtype = ffn_out_dtype
+        self.timeout = timeout
+        self.targets = ("iphone", "mac", "host")
+        self.checkpoint = work / f"line-3.6b-synthetic-{scale}"
+        self.out = work / scale  # weights, libraries and logs of this scale
+        self.logs = self.out / "logs"
+        self.results: dict[str, Any] = {"scale": scale, "shape": self.shape, "ffn_out_dtype": ffn_out_dtype,
+                                        "settings": {k: v for k, v in self.settings.items() if k != "results"},
+                                        "errors": {}}
+
+    def weights_dir(self, quantization: str) -> Path:
+        return self.out / "weights" / quantization
+
+    def build_dir(self, target: str, quantization: str) -> Path:
+        return self.out / "build" / f"{target}-{quantization}"
+
+    def lib_name(self, target: str, quantization: str) -> str:
+        return f"line-3_6b-synthetic-{quantization}-MLC-{target}"
+
+    def worker(self, task: str, args: dict[str, Any], name: str) -> dict[str, Any]:
+        """Run one measurement in a fresh process; its output goes to logs/<name>.log."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        out_json = self.logs / f"{name}.json"
+        out_json.unlink(missing_ok=True)
+        log = self.logs / f"{name}.log"
+        before = machine.load()
+        busy_before = machine.busy_cpu_seconds()
+        start = time.perf_counter()
+        with open(log, "w") as handle:
+            proc = subprocess.run(
+                [sys.executable, "-m", "benchmarks.worker", task, json.dumps(args), str(out_json)],
+                cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, timeout=self.timeout,
+            )
+        seconds = time.perf_counter() - start
+        busy_after = machine.busy_cpu_seconds()
+        if proc.returncode != 0 or not out_json.is_file():
+            tail = log.read_text(errors="replace")[-2500:]
+            raise RuntimeError(f"{task} ({name}) failed with exit code {proc.returncode}; {log}:\n{tail}")
+        result = json.loads(out_json.read_text())
+        result.update(process_seconds=round(seconds, 2), load_before=before, load_after=machine.load())
+        if busy_before is not None and busy_after is not None:
+            # cores kept busy by everything else (other jobs, the kernel) while this process ran
+            result["other_cores"] = round(max(0.0, busy_after - busy_before - result["process_cpu_seconds"]) / seconds, 2)
+        print(f"  {name}: {seconds:.1f} s, peak RSS {result.get('peak_rss_mb', 0):.0f} MiB", file=sys.stderr)
+        return result
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def page_cache_fraction(directory: Path) -> float | None:
+    """Share of the checkpoint's bytes in the page cache (util-linux ``fincore``; None without it)."""
+    files = [str(p) for p in sorted(directory.glob("*.safetensors"))]
+    if not files or shutil.which("fincore") is None:
+        return None
+    proc = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES,SIZE", *files],
+                          capture_output=True, text=True, check=False)
+    try:
+        pairs = [tuple(int(x) for x in line.split()) for line in proc.stdout.splitlines() if line.strip()]
+        return round(sum(r for r, _ in pairs) / sum(size for _, size in pairs), 3)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def prepare_disk(checkpoint: Path, *, warm: bool) -> float | None:
+    """Before a conversion: flush dirty pages (the previous run's output must not slow this one) and,
+    for a warm run, read the checkpoint through so it sits in the page cache as after a download."""
+    os.sync()
+    if warm:
+        buffer = bytearray(16 << 20)
+        for path in sorted(checkpoint.glob("*.safetensors")):
+            with open(path, "rb", buffering=0) as handle:
+                while handle.readinto(buffer):
+                    pass
+    return page_cache_fraction(checkpoint)
+
+
+def host_settings() -> dict[str, dict[str, int]]:
+    """Context window and prefill chunk per target, from the workflow's config (what users build)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["defaults"]
+    pick = lambda d: {"context_window_size": d["context_window_size"], "prefill_chunk_size": d["prefill_chunk_size"]}  # noqa: E731
+    return {"iphone": pick(config["targets"]["iphone"]), "mac": pick(config["targets"]["mac"]), "host": pick(config["host"])}
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def section_checkpoint(bench: Bench) -> None:
+    record = synthetic.ensure_checkpoint(bench.checkpoint, bench.shape, max_shard_bytes=bench.settings["max_shard_bytes"])
+    plan = synthetic.tensor_plan(bench.shape)
+    weights = [t for t in plan if t.dtype == "F16"]
+    bench.results["checkpoint"] = {
+        "action": record["action"],
+        "seconds": record["seconds"] if record["action"] != "reused" else record["verify_seconds"],
+        "files": len(record["files"]),
+        "weight_files": sum(1 for n in record["files"] if n.endswith(".safetensors")),
+        "bytes": sum(e["size"] for e in record["files"].values()),
+        "weight_bytes": sum(t.nbytes for t in weights),
+        "params": sum(t.nbytes // 2 for t in weights),
+        "digest": synthetic.checkpoint_digest(record),
+    }
+
+
+def _baseline_names(bench: Bench) -> list[str]:
+    """The embedding (as embedding and, tied, as embed_out) and the first layers, in full."""
+    layers = bench.settings["baseline_layers"]
+    names = ["gpt_neox.embed_in.weight"]
+    for t in synthetic.tensor_plan(bench.shape, legacy_buffers=False):
+        if any(t.name.startswith(f"gpt_neox.layers.{i}.") for i in range(layers)):
+            names.append(t.name)
+    return names + ["embed_out.weight"]
+
+
+def _processed_bytes(bench: Bench) -> int:
+    """Source bytes the converter reads and transforms: every weight, the tied embedding twice."""
+    weights = sum(t.nbytes for t in synthetic.tensor_plan(bench.shape) if t.dtype == "F16")
+    embed = bench.shape["vocab_size"] * bench.shape["hidden_size"] * 2
+    return weights + embed
+
+
+def section_convert(bench: Bench) -> None:
+    if not bench.checkpoint.is_dir():
+        raise RuntimeError("no checkpoint: run the checkpoint section first")
+    out: dict[str, Any] = {}
+    weight_bytes = sum(t.nbytes for t in synthetic.tensor_plan(bench.shape) if t.dtype == "F16")
+    processed = _processed_bytes(bench)
+    names = _baseline_names(bench)
+    for quant in QUANTIZATIONS:
+        args = {"model_dir": str(bench.checkpoint), "out_dir": str(bench.weights_dir(quant)), "quantization": quant,
+                "ffn_out_dtype": bench.ffn_out_dtype}
+        runs = []
+        for i in range(bench.settings["convert_repeats"]):
+            cached = prepare_disk(bench.checkpoint, warm=True)
+            runs.append({**bench.worker("convert", args, f"convert-{quant}-{i}"), "page_cache": cached})
+        prepare_disk(bench.checkpoint, warm=False)
+        cold = bench.worker("convert", {**args, "cold": True}, f"convert-{quant}-cold")
+        wall = _median([r["call_seconds"] for r in runs])
+        base = bench.worker("baseline", {"model_dir": str(bench.checkpoint), "names": names, "quantization": quant,
+                                         "out_file": str(bench.out / f"baseline-{quant}.bin"),
+                                         "ffn_out_dtype": bench.ffn_out_dtype}, f"baseline-{quant}")
+        base_full = base["seconds"] * processed / base["source_bytes"]
+        cached = bench.worker("cached_digests", {"weights_dir": str(bench.weights_dir(quant)),
+                                                 "names": sorted(base["digests"])}, f"digests-{quant}")["digests"]
+        mismatched = sorted(n for n, d in base["digests"].items() if cached.get(n) != d)
+        out[quant] = {
+            "runs": [{k: r.get(k) for k in ("call_seconds", "process_seconds", "cpu_seconds", "peak_rss_mb", "load_before",
+                                            "other_cores", "page_cache")} for r in runs],
+            "cold": {k: cold.get(k) for k in ("call_seconds", "cpu_seconds", "peak_rss_mb", "load_before", "other_cores")},
+            "seconds": round(wall, 2),
+            "gb_per_s": weight_bytes / wall / 1e9,
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "cpu_seconds": _median([r["cpu_seconds"] for r in runs]),
+            "output_bytes": runs[-1]["output_bytes"],
+            "bits_per_param": runs[-1]["bits_per_param"],
+            "param_count": runs[-1]["param_count"],
+            "shards": runs[-1]["shards"],
+            "baseline": {
+                "tensors": len(names),
+                "subset_bytes": base["source_bytes"],
+                "subset_seconds": base["seconds"],
+                "subset_gb_per_s": base["source_bytes"] / base["seconds"] / 1e9,
+                "full_seconds_estimate": base_full,
+                "gb_per_s": weight_bytes / base_full / 1e9,
+                "peak_rss_mb": base["peak_rss_mb"],
+                "other_cores": base.get("other_cores"),
+            },
+            "speedup": base_full / wall,
+            "bit_check": {"tensors": len(base["digests"]), "identical": len(base["digests"]) - len(mismatched),
+                          "mismatched": mismatched[:20]},
+        }
+    bench.results["convert"] = {"weight_bytes": weight_bytes, "processed_bytes": processed,
+                                "baseline_names": names, **out}
+
+
+def section_compile(bench: Bench) -> None:
+    settings = host_settings()
+    out: dict[str, Any] = {}
+    for target, quant in BUILDS:
+        if target not in bench.targets:
+            continue
+        key = f"{target}-{quant}"
+        try:
+            result = bench.worker("compile", {
+                "model_dir": str(bench.checkpoint), "quantization": quant, "target": target,
+                "out_dir": str(bench.build_dir(target, quant)), "lib_name": bench.lib_name(target, quant),
+                "ffn_out_dtype": bench.ffn_out_dtype, **settings[target],
+            }, f"compile-{key}")
+        except Exception as err:  # one failed target must not hide the others' numbers
+            out[key] = {"error": str(err)[-1500:]}
+            bench.results["errors"][f"compile {key}"] = out[key]["error"]
+            continue
+        out[key] = {"target": target, "quantization": quant, **settings[target],
+                    **{k: result.get(k) for k in ("seconds", "call_seconds", "process_seconds", "cpu_seconds", "peak_rss_mb",
+                                                  "files", "kernels", "load_before", "other_cores")}}
+    bench.results["compile"] = out
+
+
+def section_host(bench: Bench) -> None:
+    import numpy as np
+
+    s = bench.settings
+    common = {"vocab_size": bench.shape["vocab_size"], "prompt_len": s["prompt_len"],
+              "decode_tokens": s["decode_tokens"], "repeats": s["host_repeats"]}
+    torch_steps = {"decode_tokens": max(s["torch_decode_tokens"], s["decode_tokens"]),
+                   "repeats": max(s["torch_repeats"], s["host_repeats"])}
+    out: dict[str, Any] = {"prompt_len": s["prompt_len"], "decode_tokens": s["decode_tokens"], "repeats": s["host_repeats"],
+                           "torch_decode_tokens": torch_steps["decode_tokens"], "torch_repeats": torch_steps["repeats"]}
+    logits: dict[str, Any] = {}
+    for quant in QUANTIZATIONS:
+        lib = bench.build_dir("host", quant) / f"{bench.lib_name('host', quant)}.so"
+        if not lib.is_file() or not (bench.weights_dir(quant) / "tensor-cache.json").is_file():
+            out[quant] = {"error": f"needs {lib} and {bench.weights_dir(quant)}: run the convert and compile sections"}
+            bench.results["errors"][f"host {quant}"] = out[quant]["error"]
+            continue
+        path = bench.logs / f"logits-{quant}.npy"
+        try:
+            out[quant] = bench.worker("host_tvm", {**common, "lib": str(lib), "weights_dir": str(bench.weights_dir(quant)),
+                                                   "logits_out": str(path)}, f"host-{quant}")
+            logits[quant] = np.load(path)
+        except Exception as err:
+            out[quant] = {"error": str(err)[-1500:]}
+            bench.results["errors"][f"host {quant}"] = out[quant]["error"]
+    path = bench.logs / "logits-transformers.npy"
+    q4_path = bench.logs / "logits-transformers-q4f16_0-roundtrip.npy"
+    out["transformers"] = bench.worker("host_torch", {**common, **torch_steps, "model_dir": str(bench.checkpoint),
+                                                      "threads": machine.usable_cores(), "logits_out": str(path),
+                                                      "q4_logits_out": str(q4_path)},
+                                       "host-transformers")
+    references = {"q0f16": np.load(path), "q4f16_0": np.load(q4_path)}
+    ref_tokens = out["transformers"]["greedy_tokens"]
+    for quant, values in logits.items():
+        result = out[quant]
+        reference = references[quant]
+        result["vs_transformers"] = {
+            "prefill": result["prefill_tokens_per_s"] / out["transformers"]["prefill_tokens_per_s"],
+            "decode": result["decode_tokens_per_s"] / out["transformers"]["decode_tokens_per_s"],
+            "logits_max_rel_error": float(np.abs(values - reference).max() / np.abs(reference).max()),
+            "logits_max_rel_error_vs_float": float(np.abs(values - references["q0f16"]).max()
+                                                   / np.abs(references["q0f16"]).max()),
+            "top1_agrees": int(np.argmax(values)) == int(np.argmax(reference)),
+            "greedy_tokens_agreeing": next((i for i, (a, b) in enumerate(zip(result["greedy_tokens"], ref_tokens))
+                                            if a != b), min(len(ref_tokens), len(result["greedy_tokens"]))),
+        }
+    bench.results["host"] = out
+
+
+def section_workflow(bench: Bench) -> None:
+    bench.results["workflow"] = workflow_bench.measure(REPO, bench.work / "workflow", logs=bench.logs)
+
+
+RUNNERS = {"checkpoint": section_checkpoint, "convert": section_convert, "compile": section_compile,
+           "host": section_host, "workflow": section_workflow}
+
+
+def clean(bench: Bench) -> None:
+    """Remove the large outputs (checkpoint, weights, libraries), keeping digests, logs and results."""
+    for path in (bench.checkpoint, bench.out / "weights", bench.out / "build"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in bench.out.glob("baseline-*.bin"):
+        path.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", choices=tuple(SETTINGS), default="full")
+    parser.add_argument("--quick", action="store_true", help="same as --scale quick")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work", help="scratch directory (default benchmarks/work)")
+    parser.add_argument("--results", type=Path, help="where to write the Markdown report")
+    parser.add_argument("--ffn-out-dtype", default="float32", choices=("float32", "float16"),
+                        help="MLP dtype of the converted model (the LINE family's default is MLC's float32)")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per measurement process")
+    parser.add_argument("--targets", default="iphone,mac,host", help="libraries to compile (comma-separated)")
+    parser.add_argument("--convert-repeats", type=int, help="conversions per quantization (default per scale)")
+    parser.add_argument("--prompt-len", type=int, help="host benchmark: prompt tokens (default per scale)")
+    parser.add_argument("--decode-tokens", type=int, help="host benchmark: decode steps of the hf2mlc builds")
+    parser.add_argument("--host-repeats", type=int, help="host benchmark: runs of the hf2mlc builds")
+    parser.add_argument("--clean", action="store_true", help="remove checkpoint, weights and libraries afterwards")
+    args = parser.parse_args(argv)
+    scale = "quick" if args.quick else args.scale
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results_path = args.results or SETTINGS[scale]["results"] or work / f"RESULTS-{scale}.md"
+
+    bench = Bench(scale, work, ffn_out_dtype=args.ffn_out_dtype, timeout=args.timeout)
+    overrides = {key: value for key, value in (("convert_repeats", args.convert_repeats), ("prompt_len", args.prompt_len),
+                                               ("decode_tokens", args.decode_tokens), ("host_repeats", args.host_repeats))
+                 if value is not None}
+    if any(value < 1 for value in overrides.values()):
+        parser.error("repeats, prompt length and decode tokens must be at least 1")
+    targets = tuple(t.strip() for t in args.targets.split(",") if t.strip())
+    if not targets or set(targets) - {"iphone", "mac", "host"}:
+        parser.error(f"--targets takes iphone, mac and/or host, not {args.targets!r}")
+    bench.targets = targets
+    bench.settings = {**bench.settings, **overrides}
+    bench.results["settings"].update(overrides)
+    bench.results["machine"] = machine.describe(REPO, work)
+    bench.results["sections"] = sections
+    start = time.perf_counter()
+    if "checkpoint" not in sections and any(s in sections for s in ("convert", "compile", "host")):
+        sections = ["checkpoint", *sections]  # the others need it; reused when present
+    for name in SECTIONS:
+        if name not in sections:
+            continue
+        print(f"[{name}] load {machine.load()}", file=sys.stderr)
+        section_start = time.perf_counter()
+        try:
+            RUNNERS[name](bench)
+        except Exception as err:
+            traceback.print_exc()
+            bench.results["errors"][name] = f"{type(err).__name__}: {err}"[-3000:]
+        bench.results.setdefault("section_seconds", {})[name] = round(time.perf_counter() - section_start, 1)
+    bench.results["total_seconds"] = round(time.perf_counter() - start, 1)
+    bench.results["load_at_end"] = machine.load()
+    if args.clean:
+        clean(bench)
+    raw = bench.out / f"results-{scale}.json"
+    raw.write_text(json.dumps(bench.results, indent=1, default=str))
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(report.render(bench.results))
+    print(f"wrote {results_path} (raw numbers: {raw})", file=sys.stderr)
+    return 1 if bench.results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

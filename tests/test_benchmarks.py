@@ -1,0 +1,205 @@
+"""The benchmark harness (benchmarks/), run for real at a tiny scale so that it cannot rot.
+
+The full-scale numbers live in benchmarks/RESULTS.md; here the same code paths run on a GPT-NeoX of
+hidden 128: the synthetic checkpoint generator (against safetensors' and transformers' own readers),
+the plain numpy baseline (against hf2mlc's reference quantizer), the workflow-log parser and file
+sync, and the whole harness command on the convert, compile and host sections.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import baseline, synthetic, workflow_bench  # noqa: E402
+from hf2mlc.quantization import get_quantization  # noqa: E402
+from hf2mlc.quantization.group import quantize_embedding, quantize_linear  # noqa: E402
+from hf2mlc.tensor_cache import f32_to_bf16  # noqa: E402
+
+TINY = synthetic.SCALES["tiny"]
+
+
+# ----------------------------------------------------------------------------- synthetic checkpoint
+
+
+def test_synthetic_checkpoint_reads_back_through_safetensors_and_transformers(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    out = tmp_path / "ckpt"
+    record = synthetic.ensure_checkpoint(out, TINY, max_shard_bytes=300_000, progress=False)
+    assert record["action"] == "generated"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    plan = {t.name: t for t in synthetic.tensor_plan(TINY)}
+    assert set(index["weight_map"]) == set(plan)
+    assert index["metadata"]["total_size"] == sum(t.nbytes for t in plan.values())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files == synthetic.expected_files(TINY, max_shard_bytes=300_000)[1:-1]
+    seen = 0
+    for name in files:
+        with safe_open(out / name, framework="np") as handle:
+            for key in handle.keys():
+                assert index["weight_map"][key] == name
+                got, want = handle.get_tensor(key), synthetic.tensor_values(plan[key], 0)
+                assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes(), key
+                seen += 1
+    assert seen == len(plan)
+    weights = synthetic.tensor_values(plan["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"], 0).astype(np.float32)
+    assert 2.0**-8 <= np.abs(weights).min() and np.abs(weights).max() < 2.0**-4
+    assert 0.45 < (weights > 0).mean() < 0.55
+    norms = synthetic.tensor_values(plan["gpt_neox.final_layer_norm.weight"], 0).astype(np.float32)
+    assert 0.5 <= norms.min() and norms.max() < 2.0
+    mask = synthetic.tensor_values(plan["gpt_neox.layers.0.attention.bias"], 0)
+    assert np.array_equal(mask[0, 0], np.tril(np.ones((TINY["max_position_embeddings"],) * 2, dtype=bool)))
+
+    import torch
+    import transformers
+
+    model = transformers.GPTNeoXForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert model.config.tie_word_embeddings and not model.config.use_parallel_residual
+    assert model.lm_head.weight.data_ptr() == model.gpt_neox.embed_in.weight.data_ptr()
+    qkv = plan["gpt_neox.layers.0.attention.query_key_value.weight"]
+    assert np.array_equal(model.gpt_neox.layers[0].attention.query_key_value.weight.detach().numpy(),
+                          synthetic.tensor_values(qkv, 0).astype(np.float32))
+
+
+def test_synthetic_checkpoint_is_reused_verified_and_reproducible(tmp_path: Path) -> None:
+    out = tmp_path / "ckpt"
+    first = synthetic.ensure_checkpoint(out, TINY, max_shard_bytes=300_000, progress=False)
+    assert synthetic.ensure_checkpoint(out, TINY, max_shard_bytes=300_000, progress=False)["action"] == "reused"
+    shard = out / sorted(first["files"])[1]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 1  # one flipped bit: the digest no longer matches, so the checkpoint is remade
+    shard.write_bytes(bytes(data))
+    again = synthetic.ensure_checkpoint(out, TINY, max_shard_bytes=300_000, progress=False)
+    assert again["action"] == "regenerated" and again["files"] == first["files"]
+    assert synthetic.checkpoint_digest(again) == synthetic.checkpoint_digest(first)
+    other = synthetic.write_checkpoint(tmp_path / "seed1", TINY, seed=1, max_shard_bytes=300_000, progress=False)
+    assert synthetic.checkpoint_digest(other) != synthetic.checkpoint_digest(first)
+
+
+# ----------------------------------------------------------------------------- baseline
+
+
+def _awkward_weights(rows: int, cols: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, cols), dtype=np.float32) * 0.05).astype(np.float16)
+    w[0] = 0  # all-zero groups: 0/0 in the quantizer
+    w[1] = np.round(w[1] * 40) / 4  # exact ties for round-half-to-even
+    w[2, :32] = np.float16(6e-8)  # a subnormal group: the scale underflows to zero
+    w[3, 5] = np.float16(60000.0)  # one huge value dominating its group
+    return w
+
+
+def test_baseline_quantizer_matches_hf2mlc_reference() -> None:
+    q = get_quantization("q4f16_0")
+    w = _awkward_weights(96, 256, 0)
+    words, scale = baseline.plain_quantize(w)
+    ref_words, ref_scale = quantize_linear(w, q)  # KN layout: both transposed
+    assert np.array_equal(words.T, ref_words)
+    assert scale.T.tobytes() == ref_scale.tobytes()
+    emb_words, emb_scale = quantize_embedding(w, q)
+    assert np.array_equal(words, emb_words) and scale.tobytes() == emb_scale.tobytes()
+    values = np.random.default_rng(1).standard_normal(4096).astype(np.float32)
+    assert np.array_equal(baseline.f32_to_bf16(values), f32_to_bf16(values))
+
+
+def test_baseline_reorders_qkv_like_mlc() -> None:
+    heads, head_dim, hidden = 4, 3, 5
+    rows = np.arange(3 * heads * head_dim)
+    weight = np.repeat(rows[:, None], hidden, axis=1)
+    out = baseline.reorder_qkv(weight, heads)
+    # Hugging Face row (head h, part p, d) = h*3*head_dim + p*head_dim + d; MLC puts part-major first.
+    expected = [h * 3 * head_dim + p * head_dim + d for p in range(3) for h in range(heads) for d in range(head_dim)]
+    assert out[:, 0].tolist() == expected and (out == out[:, :1]).all()
+    assert baseline.reorder_qkv(rows, heads).tolist() == expected
+
+
+# ----------------------------------------------------------------------------- workflow helpers
+
+
+def test_jobs_are_read_from_a_snakemake_log() -> None:
+    log = """
+Building DAG of jobs...
+rule build:
+    input: results/download/demo, results/weights/demo/q4f16_0
+    output: results/build/demo/iphone-q4f16_0
+    jobid: 3
+    wildcards: model=demo, target=iphone, quant=q4f16_0
+    resources: tmpdir=/tmp
+localrule package:
+    wildcards: model=demo, device=iphone
+localrule all:
+    input: results/package/demo/iphone
+"""
+    assert workflow_bench.jobs_in_log(log) == ["build[model=demo,target=iphone,quant=q4f16_0]", "package[model=demo,device=iphone]"]
+    assert workflow_bench.jobs_in_log("Nothing to be done (all requested files are present and up to date).") == []
+
+
+def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:
+    dest = tmp_path / "wf"
+    first = workflow_bench.sync_workflow(REPO, dest)
+    assert first > 10 and (dest / "Snakefile").read_bytes() == (REPO / "Snakefile").read_bytes()
+    assert workflow_bench.sync_workflow(REPO, dest) == 0
+    stale = dest / "rules" / "stale.smk"
+    stale.write_text("# left over\n")
+    (dest / "Snakefile").write_text("# edited\n")
+    assert workflow_bench.sync_workflow(REPO, dest) == 1
+    assert not stale.exists() and (dest / "Snakefile").read_bytes() == (REPO / "Snakefile").read_bytes()
+    assert not list(dest.rglob("__pycache__"))
+
+
+# ----------------------------------------------------------------------------- the harness itself
+
+
+def _run_harness(work: Path, *args: str) -> tuple[dict, str]:
+    results_md = work / "RESULTS.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--scale", "tiny", "--work", str(work),
+         "--results", str(results_md), *args],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((work / "tiny" / "results-tiny.json").read_text()), results_md.read_text()
+
+
+def test_harness_converts_and_matches_the_baseline_bit_for_bit(tmp_path: Path) -> None:
+    results, text = _run_harness(tmp_path / "work", "--sections", "convert")
+    assert results["errors"] == {}
+    assert results["checkpoint"]["action"] == "generated" and results["checkpoint"]["weight_files"] > 1
+    for quant in ("q4f16_0", "q0f16"):
+        conv = results["convert"][quant]
+        check = conv["bit_check"]
+        assert check["tensors"] >= 14 and check["identical"] == check["tensors"], check
+        assert len(conv["runs"]) == 2 and all(r["call_seconds"] > 0 for r in conv["runs"])
+        assert conv["baseline"]["subset_bytes"] > 0 and conv["speedup"] > 0
+        assert conv["peak_rss_mb"] > 10 and conv["output_bytes"] > 0
+    # tensor-cache metadata of the tiny model: 4-bit weights plus fp16 scales, norms and biases
+    assert 4.5 < results["convert"]["q4f16_0"]["bits_per_param"] < 8
+    for needle in ("| CPU |", "| cores (usable) | ", "| memory |", "| date |", "load average at start", "Packages: python",
+                   "## Goals (issue 6)", "bit for bit identical"):
+        assert needle in text, needle
+
+
+@pytest.mark.slow
+def test_harness_compiles_and_runs_host_builds_against_transformers(tmp_path: Path) -> None:
+    results, text = _run_harness(tmp_path / "work", "--sections", "convert,compile,host", "--targets", "host",
+                                 "--convert-repeats", "1")
+    assert results["errors"] == {}
+    assert set(results["compile"]) == {"host-q4f16_0", "host-q0f16"}
+    host = results["host"]
+    for quant in ("q4f16_0", "q0f16"):
+        assert host[quant]["prefill_tokens_per_s"] > 0 and host[quant]["decode_tokens_per_s"] > 0
+        assert len(host[quant]["decode_seconds"]) == host["decode_tokens"] * host["repeats"]
+    # the float16 build computes what transformers computes (float32) on the same checkpoint
+    assert host["q0f16"]["vs_transformers"]["logits_max_rel_error"] < 2e-2
+    assert host["q0f16"]["vs_transformers"]["top1_agrees"]
+    assert "## Host prefill and decode" in text and "transformers, torch float32" in text
