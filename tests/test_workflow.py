@@ -186,11 +186,12 @@ def test_every_output_has_an_intact_manifest(built: dict) -> None:
 
 
 def _comparable(path: Path) -> bytes:
-    """File bytes, except that a manifest's timings (wall clock) are left out."""
+    """File bytes, except that a manifest's measurements (wall clock, peak memory) are left out."""
     if path.name != "manifest.json":
         return path.read_bytes()
     data = json.loads(path.read_text(encoding="utf-8"))
     data.pop("timings", None)
+    data.pop("resources", None)
     return json.dumps(data, sort_keys=True).encode()
 
 
@@ -208,10 +209,72 @@ def test_rebuild_from_empty_results_is_byte_identical(built: dict) -> None:
         and p.name != "versions.jsonl"
     )
     assert files, "the first run produced nothing"
-    for rel in files:
-        assert (second / rel).is_file(), f"{rel} missing from the rebuild"
-        assert _comparable(first / rel) == _comparable(second / rel), f"{rel} differs between two builds"
+    missing = [str(rel) for rel in files if not (second / rel).is_file()]
+    assert missing == [], "missing from the rebuild"
+    differ = [str(rel) for rel in files if _comparable(first / rel) != _comparable(second / rel)]
+    assert differ == [], "these differ between two builds"
     for device in ("iphone", "mac"):
         a = read_manifest(first / "package" / "demo" / device)["version_id"]
         b = read_manifest(second / "package" / "demo" / device)["version_id"]
         assert a == b
+
+
+@pytest.mark.slow
+def test_hub_in_and_out_through_the_workflow(built: dict, tmp_path: Path) -> None:
+    """download → … → upload against a local Hub: a pinned, verified download that survives a server
+    error and a dropped connection, then a real upload, tagged with the bundle's version id, that a rerun
+    does not repeat — and the token in no file, log or output."""
+    from hub_server import FAKE_TOKEN, FakeHub
+
+    demo = built["work"] / "results" / "download" / "demo"
+    files = {p.name: p.read_bytes() for p in demo.iterdir() if p.is_file() and p.name not in ("manifest.json", ".snakemake_timestamp")}
+    work = copy_workflow(tmp_path / "wf")
+
+    def configure(c: dict) -> None:
+        c["models"] = [{"id": "hubdemo", "source": "hf://line-corporation/demo-neox@v1", "name": "hubdemo-neox"}]
+        c["upload"] = {"enabled": True, "repo": "tester/{name}-{quantization}-MLC", "private": True, "devices": ["iphone"]}
+
+    _edit_config(work, configure)
+    with FakeHub(max_lifetime_s=1500) as hub:
+        commit = hub.add_repo("line-corporation/demo-neox", files)
+        hub.tag("line-corporation/demo-neox", "v1")
+        hub.fail("GET", r"/resolve/.*/config\.json", status=500)
+        hub.drop_connection(r"/resolve/.*/model\.safetensors", after_bytes=100_000)
+        env = {**hub.env(), "HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
+
+        first = snakemake(work, "--cores", "2", "upload", env=env)
+        results = work / "results"
+        manifest = read_manifest(results / "download" / "hubdemo")
+        assert manifest["source"]["commit"] == commit
+        for name, content in files.items():
+            if name in manifest["files"]:
+                assert (results / "download" / "hubdemo" / name).read_bytes() == content
+        assert "model.safetensors" in manifest["files"] and "spiece.model" in manifest["files"]
+        assert [r.status for r in hub.requests_matching("GET", r"/resolve/.*/config\.json")][:2] == [500, 200]
+        ranged = [r for r in hub.requests_matching("GET", r"/resolve/.*/model\.safetensors") if r.headers.get("range")]
+        assert ranged, "the dropped download was not resumed with a Range request"
+
+        package = results / "package" / "hubdemo" / "iphone"
+        version = read_manifest(package)["version_id"]
+        repo_id = "tester/hubdemo-neox-q4f16_0-MLC"
+        assert hub.repos[repo_id].private
+        published = hub.files_at(repo_id, version)
+        model_dir = package / "bundle" / "hubdemo-neox-q4f16_0-MLC"
+        for path in model_dir.iterdir():
+            assert published[path.name] == path.read_bytes(), path.name
+        assert published["README.md"] == (package / "README.md").read_bytes()
+        assert published["lib/libmodel_iphone.a"] == (package / "lib" / "libmodel_iphone.a").read_bytes()
+        record = json.loads((results / "upload" / "hubdemo" / "iphone.json").read_text())
+        assert record["uploaded"] is True and record["tag"] == version and record["repo_id"] == repo_id
+
+        commits_before = len(hub.requests_matching("POST", r"/commit/"))
+        second = snakemake(work, "--cores", "2", "upload", "--forcerun", "upload", env=env)
+        assert len(hub.requests_matching("POST", r"/commit/")) == commits_before
+        record = json.loads((results / "upload" / "hubdemo" / "iphone.json").read_text())
+        assert record["uploaded"] is False
+
+    for path in work.rglob("*"):
+        if path.is_file():
+            assert FAKE_TOKEN.encode() not in path.read_bytes(), path
+    for proc in (first, second):
+        assert FAKE_TOKEN not in proc.stdout + proc.stderr

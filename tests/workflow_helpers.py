@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,11 +27,15 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
-    """Run snakemake in ``workdir``; on failure, show its output and the failed jobs' logs."""
+def snakemake(
+    workdir: Path, *args: str, check: bool = True, timeout: float = 1200, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run snakemake in ``workdir`` (``env`` added to this process's environment); on failure, show its
+    output and the failed jobs' logs."""
     proc = subprocess.run(
         [SNAKEMAKE, *args],
         cwd=workdir,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -124,11 +124,14 @@ def write_manifest(
     inputs: Mapping[str, str | os.PathLike[str]] | None = None,
     params: Mapping[str, Any] | None = None,
     timings: Mapping[str, float] | None = None,
+    resources: Mapping[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Hash everything in ``directory`` and write its ``manifest.json``; return the manifest.
 
     ``inputs`` maps a role ("model", "tokenizer", …) to a file or directory; each is recorded by digest.
+    ``timings`` (seconds) and ``resources`` (e.g. peak memory) are measurements: they vary from run to
+    run, everything else in a manifest is the same for the same inputs.
     """
     directory = Path(directory)
     files = file_entries(directory)
@@ -140,6 +143,7 @@ def write_manifest(
         "params": dict(params or {}),
         "tools": tool_versions(),
         "timings": {k: round(float(v), 3) for k, v in (timings or {}).items()},
+        "resources": {k: round(float(v), 3) for k, v in (resources or {}).items()},
     }
     if extra:
         manifest.update(extra)

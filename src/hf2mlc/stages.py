@@ -80,12 +80,14 @@ def convert(
     with atomic_output_dir(out_dir) as tmp:
         with watch("convert"):
             stats = convert_weights(Path(model_dir), tmp, quantization, ffn_out_dtype=ffn_out_dtype)
+        watch.timings["convert_weights"] = float(stats.pop("seconds", 0.0))
         write_manifest(
             tmp,
             stage="convert",
             inputs={"model": model_dir},
             params={"quantization": quantization, "ffn_out_dtype": ffn_out_dtype},
             timings=watch.timings,
+            resources={"peak_rss_mb": stats.pop("peak_rss_mb", 0.0)},
             extra={"stats": _json_safe(stats)},
         )
 
