@@ -7,7 +7,9 @@ rule convert:
     params:
         quantization="{quant}",
         ffn_out_dtype=ffn_out_dtype,
-        code=code_version("convert.py", "tensor_cache.py", "loader", "quantization", "model/params.py"),
+        code=code_version(
+            "convert.py", "tensor_cache.py", "loader", "quantization/__init__.py", "quantization/group.py", "model/params.py", "model/config.py"
+        ),
     threads: 2
     log:
         "results/logs/convert/{model}/{quant}.log",

@@ -124,6 +124,8 @@ def code_version(*relpaths):
     digest = hashlib.sha256()
     for rel in relpaths:
         root = PACKAGE_SRC / rel
+        if not root.exists():
+            raise ValueError(f"code_version: src/hf2mlc/{rel} does not exist; fix the path in rules/.")
         files = sorted(root.rglob("*")) if root.is_dir() else [root]
         for path in files:
             if not path.is_file() or path.suffix == ".pyc":

@@ -8,6 +8,7 @@ with hashlib from the bytes the server holds; the client's own results are never
 from __future__ import annotations
 
 import hashlib
+import re
 import json
 import logging
 import os
@@ -273,7 +274,7 @@ def test_download_resumes_a_dropped_connection_with_a_range_request(hub, tmp_pat
 def test_interrupted_download_continues_with_the_missing_files_only(hub, tmp_path):
     files = model_files()
     hub.add_repo(REPO, files)
-    hub.fail("GET", r"/spiece\.model$", status=500)  # the Hub fails one transfer: the run stops
+    hub.fail("GET", r"/spiece\.model$", status=500, times=4)  # a transfer fails on every retry: the run stops
     source, cache = parse_source(f"hf://{REPO}"), tmp_path / "cache"
     with pytest.raises(UserError, match="HTTP 500"):
         download(source, tmp_path / "out", cache_dir=cache)
@@ -287,6 +288,17 @@ def test_interrupted_download_continues_with_the_missing_files_only(hub, tmp_pat
                      if r.method == "GET" and "/resolve/" in r.path}
     assert fetched_after == set(BUILD_FILES) - fetched_before
     assert (tmp_path / "out" / "spiece.model").read_bytes() == files["spiece.model"]
+
+
+def test_a_file_transfer_that_fails_once_is_retried_in_the_same_run(hub, tmp_path):
+    files = model_files()
+    hub.add_repo(REPO, files)
+    hub.fail("GET", r"/spiece\.model$", status=500)
+    download(parse_source(f"hf://{REPO}"), tmp_path / "out", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "out" / "spiece.model").read_bytes() == files["spiece.model"]
+    assert [r.status for r in hub.requests_matching("GET", r"/spiece\.model$")] == [500, 200]
+    for name in set(BUILD_FILES) - {"spiece.model"}:  # complete files are not fetched again
+        assert [r.status for r in hub.requests_matching("GET", rf"/resolve/.*/{re.escape(name)}$")] == [200], name
 
 
 def test_partial_files_of_killed_runs_are_removed_but_live_ones_kept(hub, tmp_path):

@@ -24,7 +24,7 @@ from ..errors import UserError
 LOGIN_HINT = "set HF_TOKEN or run `hf auth login`"
 
 
-def _chain(err: BaseException) -> Iterator[BaseException]:
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     pending = [err]
     while pending:
@@ -47,7 +47,7 @@ def explain(err: BaseException, *, target: str, doing: str, endpoint: str, web_u
     ``target`` names the repo (``hf://owner/name@rev``), ``doing`` the action ("downloading", "uploading"),
     ``web_url`` the repo's page, where the user can accept terms or look up revisions.
     """
-    causes = list(_chain(err))
+    causes = list(exception_chain(err))
     http = next((e for e in causes if isinstance(e, HfHubHTTPError)), None)
     if http is not None:
         return _explain_http(http, target=target, doing=doing, web_url=web_url)

@@ -39,13 +39,13 @@ from ..errors import UserError
 from ..manifest import MANIFEST_NAME, Stopwatch, atomic_output_dir, write_json, write_manifest
 from .connection import LIBRARY_NAME, hub_endpoint, is_offline, make_api, public_endpoint, resolve_token
 from .digests import SHA1_HEX, SHA256_HEX, git_blob_sha1
-from .failures import explain
+from .failures import exception_chain, explain
 from .selection import Selection, check_weight_index, select_build_files
 from .source import Source
 
 log = logging.getLogger(__name__)
 
-#: Waits between retries of the one metadata call huggingface_hub does not retry itself (repo_info).
+#: Waits between retries of the Hub calls huggingface_hub does not retry itself (repo_info, a file GET's 5xx).
 RETRY_WAITS_S = (1.0, 2.0, 4.0)
 #: Parallel file transfers; downloads are bound by the network, not by the 2 cores of a small machine.
 MAX_WORKERS = 4
@@ -110,7 +110,7 @@ def _download_hub(source: Source, out_dir: Path, *, token: str | None, cache_dir
         with watch("fetch"):
             _remove_stale_partials(_storage_folder(cache, source.repo_id))
             snapshot = Path(
-                snapshot_download(
+                _retrying(lambda: snapshot_download(
                     source.repo_id,
                     revision=commit,
                     cache_dir=cache,
@@ -120,7 +120,7 @@ def _download_hub(source: Source, out_dir: Path, *, token: str | None, cache_dir
                     library_name=LIBRARY_NAME,
                     library_version=__version__,
                     max_workers=MAX_WORKERS,
-                )
+                ), target)
             )
     except UserError:
         raise
@@ -175,19 +175,23 @@ def _download_hub(source: Source, out_dir: Path, *, token: str | None, cache_dir
 
 
 def _retrying(call: Callable[[], T], what: str) -> T:
-    """Run a metadata call again after a 5xx answer or a timeout, a bounded number of times."""
+    """Run a Hub call again after a 5xx answer or a timeout, a bounded number of times.
+
+    huggingface_hub retries some requests itself but not a file GET that answers 5xx; the whole snapshot
+    is then asked for again, and the files already complete in the cache are not fetched twice.
+    """
     for wait in (*RETRY_WAITS_S, None):
         try:
             return call()
-        except HfHubHTTPError as err:
-            status = getattr(err.response, "status_code", 0) or 0
-            if wait is None or status < 500:
+        except Exception as err:  # noqa: BLE001 - classified below, re-raised unless transient
+            causes = list(exception_chain(err))
+            http = next((e for e in causes if isinstance(e, HfHubHTTPError)), None)
+            status = (getattr(getattr(http, "response", None), "status_code", 0) or 0) if http is not None else 0
+            timeout = any(isinstance(e, httpx2.TimeoutException) for e in causes)
+            if wait is None or not (status >= 500 or timeout):
                 raise
-            log.warning("%s: the Hub answered HTTP %d; retrying in %g s", what, status, wait)
-        except httpx2.TimeoutException:
-            if wait is None:
-                raise
-            log.warning("%s: the Hub timed out; retrying in %g s", what, wait)
+            reason = f"answered HTTP {status}" if status else "timed out"
+            log.warning("%s: the Hub %s; retrying in %g s", what, reason, wait)
         time.sleep(wait)
     raise AssertionError("unreachable")
 
