@@ -41,7 +41,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import yaml
 
 #: A recognizable token: tests look for it in every file, log and captured output.
-FAKE_TOKEN = "hf_FAKEtokenHF2MLCtestDoNotLeak0123456789"
+FAKE_TOKEN = "hf_FAKE-token-for-hf2mlc-tests-DoNotLeak-0123"
 #: Suffixes the Hub's default .gitattributes stores with LFS.
 LFS_SUFFIXES = (".bin", ".safetensors", ".model", ".h5", ".onnx", ".msgpack", ".pt", ".pth", ".tar", ".so",
                 ".dylib", ".wasm", ".gguf", ".zip")
