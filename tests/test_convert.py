@@ -357,3 +357,24 @@ def test_peak_memory_is_a_fraction_of_the_model(tmp_path):
         assert baseline < 120
         assert stats["peak_rss_mb"] < baseline + model_mb / 2
         assert stats["shards"] >= (4 if quantization == "q4f16_0" else 14)
+
+
+def test_library_params_are_checked_against_the_cache(tmp_path):
+    """The check the engine and the package stage share: a tensor a library needs must be in the cache
+    with its shape and dtype, else one error naming it."""
+    from hf2mlc.tensor_cache import TensorCacheWriter, check_library_params
+
+    writer = TensorCacheWriter(tmp_path)
+    writer.add("a.weight", np.zeros((4, 8), dtype=np.float16))
+    writer.add("a.q_weight", np.zeros((2, 3), dtype=np.uint32))
+    writer.finish({})
+    good = [{"name": "a.weight", "shape": [4, 8], "dtype": "float16"}, {"name": "a.q_weight", "shape": [2, 3], "dtype": "uint32"}]
+    check_library_params(tmp_path, good, "lib.so")
+    with pytest.raises(UserError, match=r"has no tensor 'b.weight', which lib.so needs"):
+        check_library_params(tmp_path, [*good, {"name": "b.weight", "shape": [4], "dtype": "float16"}], "lib.so")
+    with pytest.raises(UserError, match=r"tensor 'a.weight' is float16\[4, 8\], but lib.so expects float32"):
+        check_library_params(tmp_path, [{"name": "a.weight", "shape": [4, 8], "dtype": "float32"}], "lib.so")
+    with pytest.raises(UserError, match=r"expects uint32\[3, 2\]"):
+        check_library_params(tmp_path, [{"name": "a.q_weight", "shape": [3, 2], "dtype": "uint32"}], "lib.so")
+    with pytest.raises(UserError, match="not found"):
+        check_library_params(tmp_path / "nowhere", good, "lib.so")

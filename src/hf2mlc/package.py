@@ -32,6 +32,7 @@ from typing import Any
 from .card import model_card
 from .errors import UserError
 from .model.config import GPTNeoXConfig
+from .tensor_cache import check_library_params
 
 MLC_CHAT_CONFIG_VERSION = "0.1.0"
 #: MLC's defaults for fields neither the family nor generation_config.json sets (mlc_chat_config.py).
@@ -69,10 +70,9 @@ def _dump_mlc_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
-def _tensor_cache_bytes(weights: Path) -> tuple[int, list[dict[str, Any]]]:
+def _tensor_cache_bytes(weights: Path) -> int:
     cache = _read_json(weights / "tensor-cache.json")
-    records = [rec for shard in cache["records"] for rec in shard["records"]]
-    return sum(shard["nbytes"] for shard in cache["records"]), records
+    return sum(shard["nbytes"] for shard in cache["records"])
 
 
 def estimated_vram_bytes(config: GPTNeoXConfig, param_bytes: int, context_window_size: int, prefill_chunk_size: int) -> int:
@@ -158,27 +158,6 @@ def _source_card_metadata(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _check_weights_match_library(lib_info: dict[str, Any], records: list[dict[str, Any]], where: Path) -> None:
-    """Every parameter the library's metadata asks for must be in tensor-cache.json with its shape and dtype,
-    or the app fails at load time on the phone; fail here instead."""
-    wanted = lib_info.get("params")
-    if not wanted:
-        return
-    have = {rec["name"]: rec for rec in records}
-    for param in wanted:
-        rec = have.get(param["name"])
-        if rec is None:
-            raise UserError(f"{where}: the model library needs parameter {param['name']!r}, which the weights lack; "
-                            "rebuild the weights and the library with the same quantization and family.")
-        shape = [int(d) if isinstance(d, int) or str(d).isdigit() else d for d in param["shape"]]
-        concrete = [d for d in shape if isinstance(d, int)]
-        if rec["dtype"] != param["dtype"] or (len(concrete) == len(shape) and list(rec["shape"]) != shape):
-            raise UserError(
-                f"{where}: parameter {param['name']!r} is {rec['dtype']}{list(rec['shape'])} in the weights but "
-                f"{param['dtype']}{shape} in the model library; rebuild both from the same settings."
-            )
-
-
 def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -> None:
     """Assemble the bundle for ``settings["device"]`` into ``out`` (an empty directory)."""
     from .manifest import tool_versions
@@ -203,8 +182,8 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
     for src in sorted(inputs["weights"].iterdir()):
         if src.name != "manifest.json" and not src.name.startswith(".") and src.is_file():
             _link_or_copy(src, model_dir / src.name)
-    param_bytes, records = _tensor_cache_bytes(inputs["weights"])
-    _check_weights_match_library(lib_info, records, inputs["build"])
+    param_bytes = _tensor_cache_bytes(inputs["weights"])
+    check_library_params(inputs["weights"], lib_info["metadata"]["params"], f"{inputs['build']} ({lib_info['files'][0]})")
 
     tokenizer_fields = mlc_tokenizer_fields(inputs["tokenizer"])
     for name in tokenizer_fields["tokenizer_files"]:

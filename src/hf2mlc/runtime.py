@@ -24,6 +24,7 @@ from tvm.runtime import ShapeTuple
 
 from .errors import UserError
 from .model.gpt_neox import KV_CACHE_FUNCTION
+from .tensor_cache import check_library_params
 
 #: Tokens per KV-cache page (MLC's engine uses 16).
 PAGE_SIZE = 16
@@ -32,28 +33,6 @@ _SEQ_ID = 0
 
 def _global(name: str) -> Any:
     return tvm.get_global_func(name)
-
-
-def _check_weights(weights_dir: Path, params: list[dict[str, Any]], lib_path: Path) -> None:
-    """Every tensor the library needs must be in the cache with its shape and dtype (else a user error)."""
-    cache = weights_dir / "tensor-cache.json"
-    if not cache.is_file():
-        raise UserError(f"{cache}: not found; point the weights directory at a converted model (convert_weights output).")
-    records = {
-        rec["name"]: rec for shard in json.loads(cache.read_text(encoding="utf-8"))["records"] for rec in shard["records"]
-    }
-    for param in params:
-        rec = records.get(param["name"])
-        if rec is None:
-            raise UserError(
-                f"{cache}: has no tensor {param['name']!r}, which {lib_path.name} needs; "
-                "convert the weights with the quantization the library was built for."
-            )
-        if [int(s) for s in rec["shape"]] != [int(s) for s in param["shape"]] or rec["dtype"] != param["dtype"]:
-            raise UserError(
-                f"{cache}: tensor {param['name']!r} is {rec['dtype']}{rec['shape']}, but {lib_path.name} expects "
-                f"{param['dtype']}{param['shape']}; weights and library come from different models or quantizations."
-            )
 
 
 class Engine:
@@ -66,7 +45,7 @@ class Engine:
         self.device = tvm.device(device)
         self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), self.device)
         self.metadata: dict[str, Any] = json.loads(str(self.vm["_metadata"]()))
-        _check_weights(weights_dir, self.metadata["params"], lib_path)
+        check_library_params(weights_dir, self.metadata["params"], lib_path.name)
         _global("vm.builtin.tensor_cache.load")(str(weights_dir), self.device.dlpack_device_type(), self.device.index)
         names = [p["name"] for p in self.metadata["params"]]
         self.params = _global("vm.builtin.param_array_from_cache_by_name")(names)

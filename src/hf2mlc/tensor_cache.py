@@ -38,6 +38,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from .errors import UserError
+
 CACHE_JSON = "tensor-cache.json"
 CACHE_B16_JSON = "tensor-cache-b16.json"
 SHARD_PREFIX = "params_shard"
@@ -312,3 +314,27 @@ def read_tensor_cache(directory: str | Path) -> dict[str, np.ndarray]:
                 arr = np.frombuffer(raw, dtype=np.dtype(rec["dtype"]))
             out[rec["name"]] = arr.reshape(rec["shape"])
     return out
+
+
+def check_library_params(weights_dir: str | Path, params: list[dict[str, Any]], library: str) -> None:
+    """Every tensor a model library needs (its ``_metadata()["params"]``) must be in the cache with its shape
+    and dtype; else a UserError naming the tensor. The engine and the package stage both ask this, so that
+    a mismatch fails on this machine, not at load time on the phone."""
+    cache = Path(weights_dir) / CACHE_JSON
+    if not cache.is_file():
+        raise UserError(f"{cache}: not found; point the weights directory at a converted model (convert_weights output).")
+    records = {
+        rec["name"]: rec for shard in json.loads(cache.read_text(encoding="utf-8"))["records"] for rec in shard["records"]
+    }
+    for param in params:
+        rec = records.get(param["name"])
+        if rec is None:
+            raise UserError(
+                f"{cache}: has no tensor {param['name']!r}, which {library} needs; "
+                "convert the weights with the quantization the library was built for."
+            )
+        if [int(s) for s in rec["shape"]] != [int(s) for s in param["shape"]] or rec["dtype"] != param["dtype"]:
+            raise UserError(
+                f"{cache}: tensor {param['name']!r} is {rec['dtype']}{rec['shape']}, but {library} expects "
+                f"{param['dtype']}{param['shape']}; weights and library come from different models or quantizations."
+            )
