@@ -5,7 +5,7 @@ rule tokenizer:
     output:
         directory(tokenizer_dir("{model}")),
     params:
-        code=code_version("tokenizer.py", "data"),
+        code=code_version("tokenizer", "data"),
     log:
         "results/logs/tokenizer/{model}.log",
     benchmark:

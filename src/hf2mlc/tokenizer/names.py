@@ -1,0 +1,21 @@
+"""File names the tokenizer stage reads and writes, and the special-token attributes transformers declares."""
+
+SPIECE_NAME = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SPECIAL_TOKENS_MAP = "special_tokens_map.json"
+PARITY_REPORT = "parity-report.json"
+DEFAULT_CASES = "tokenizer_cases_ja.txt"
+
+#: Files MLC's ``gen_config`` copies next to the weights, in the order it looks for them.
+MLC_TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "tokenizer_config.json",
+)
+
+#: transformers' special-token attribute names, as written in tokenizer_config.json / special_tokens_map.json.
+SPECIAL_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
