@@ -1,4 +1,5 @@
-"""spiece.model → tokenizer.json, checked against SentencePiece itself.
+"""The tokenizer stage (spiece.model shipped as tokenizer.model; a model's own tokenizer.json validated) and
+the spiece.model → tokenizer.json converter it measures beside, checked against SentencePiece itself.
 
 The tests train their own small SentencePiece models (a second or less each): one like LINE's (unigram,
 byte fallback, LINE's special ids, nmt_nfkc with "\\n" kept as a user-defined piece, like the demo model),
@@ -105,7 +106,7 @@ def line_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def line_like_built(line_like: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("line_like_out") / "tokenizer"
-    report = tk.build_tokenizer(line_like, out, sweep=False)
+    report = tk.measure_tokenizer_json(line_like, out, tk.load_cases(tk.default_cases_path()))
     return out, report
 
 
@@ -148,7 +149,7 @@ def test_not_a_sentencepiece_model(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xff\xff\xff not a proto")
     with pytest.raises(UserError, match="not a SentencePiece model file"):
         tk.read_sentencepiece(bad)
-    with pytest.raises(UserError, match=r"no spiece\.model"):
+    with pytest.raises(UserError, match=r"no spiece\.model, tokenizer\.model or tokenizer\.json"):
         tk.build_tokenizer(tmp_path / "empty", tmp_path / "out")
 
 
@@ -188,8 +189,7 @@ def test_line_like_parity_is_total(line_like_built: tuple[Path, dict], cases: li
     assert report["references"]["transformers_slow"].startswith("transformers ")
     # The set exercises byte fallback heavily (rare kanji, emoji, rare scripts): thousands of byte tokens.
     assert report["byte_fallback_tokens"] > 1000
-    assert sorted(p.name for p in out.iterdir()) == ["parity-report.json", "tokenizer.json", "tokenizer_config.json"]
-    assert json.loads((out / "parity-report.json").read_text(encoding="utf-8"))["parity"] == 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert report["normalizer"]["character_map"] == "NFKC with rules"
     assert report["normalizer"]["kept_from_nfkc"] == {"U+FF5E": "U+0002"}  # ～ survives NFKC, as in SentencePiece
 
@@ -252,13 +252,17 @@ def test_transformers_loads_the_output(line_like_built: tuple[Path, dict], cases
 
 def test_outputs_are_byte_identical(line_like: Path, line_like_built: tuple[Path, dict], tmp_path: Path) -> None:
     first, _ = line_like_built
-    tk.build_tokenizer(line_like, tmp_path / "again", sweep=False)
-    for name in ("tokenizer.json", "tokenizer_config.json", "parity-report.json"):
+    tk.measure_tokenizer_json(line_like, tmp_path / "again", tk.load_cases(tk.default_cases_path())[:5])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "again" / name).read_bytes() == (first / name).read_bytes(), name
+    tk.build_tokenizer(line_like, tmp_path / "stage1", alternative=False)
+    tk.build_tokenizer(line_like, tmp_path / "stage2", alternative=False)
+    for name in ("tokenizer.model", "tokenizer_config.json", "parity-report.json"):
+        assert (tmp_path / "stage1" / name).read_bytes() == (tmp_path / "stage2" / name).read_bytes(), name
 
 
-def test_no_byte_fallback_model(no_byte_fallback: Path, tmp_path: Path) -> None:
-    report = tk.build_tokenizer(no_byte_fallback, tmp_path / "out", sweep=False)
+def test_no_byte_fallback_model(no_byte_fallback: Path, cases: list[tk.Case], tmp_path: Path) -> None:
+    report = tk.measure_tokenizer_json(no_byte_fallback, tmp_path / "out", cases)
     assert report["parity"] == 1.0
     assert report["ids_match_transformers_slow"] == report["cases"]
     assert report["byte_fallback_tokens"] == 0
@@ -285,9 +289,123 @@ def test_other_whitespace_options(options: dict, tmp_path: Path) -> None:
     directory = tmp_path / "model"
     train(directory, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, normalization_rule_name="identity", **options)
     write_json(directory / "special_tokens_map.json", {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
-    report = tk.build_tokenizer(directory, tmp_path / "out", sweep=False)
-    assert report["parity"] == 1.0, report["mismatches"][:3]
+    report = tk.build_tokenizer(directory, tmp_path / "out")
+    assert report["parity"] == 1.0 and report["tokenizer_json_alternative"]["parity"] == 1.0, report["mismatches"][:3]
     assert report["tokenizer"]["remove_extra_whitespaces"] is False
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage: what the bundle ships
+
+
+@pytest.fixture(scope="module")
+def line_like_stage(line_like: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("line_like_stage") / "tokenizer"
+    return out, tk.build_tokenizer(line_like, out)
+
+
+def test_stage_ships_sentencepiece_itself(line_like_stage: tuple[Path, dict], line_like: Path) -> None:
+    """MLC's runtime loads tokenizer.model through SentencePiece when there is no tokenizer.json: the stage
+    ships the model's own bytes under that name, and tokenizer_info as MLC's gen_config detects it then."""
+    out, report = line_like_stage
+    assert sorted(p.name for p in out.iterdir()) == ["parity-report.json", "tokenizer.model", "tokenizer_config.json"]
+    assert (out / "tokenizer.model").read_bytes() == (line_like / "spiece.model").read_bytes()
+    assert (out / "tokenizer_config.json").read_bytes() == (line_like / "tokenizer_config.json").read_bytes()
+    assert report["shipped"] == {"file": "tokenizer.model", "loaded_by": "sentencepiece", "source": "spiece.model"}
+    assert report["parity"] == 1.0 and report["ids_match"] == report["decoded_match"] == report["cases"] >= 400
+    assert report["byte_fallback_tokens"] > 1000
+    assert report["mlc"] == {
+        "tokenizer_files": ["tokenizer.model", "tokenizer_config.json"],
+        "tokenizer_info": {"token_postproc_method": "byte_fallback", "prepend_space_in_encode": False,
+                           "strip_space_in_decode": False},
+    }
+    assert report["tokenizer_json_alternative"]["parity"] == 1.0
+    assert report["tokenizer_json_alternative"]["normalizer"]["kept_from_nfkc"] == {"U+FF5E": "U+0002"}
+    assert json.loads((out / "parity-report.json").read_text(encoding="utf-8")) == json.loads(json.dumps(report))
+
+
+def test_bundle_tokenizer_is_what_mlc_loads(line_like_stage: tuple[Path, dict], line_like: Path,
+                                            line_like_built: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = line_like_stage
+    shipped = tk.bundle_tokenizer(out)
+    sp = spm.SentencePieceProcessor(model_file=str(line_like / "spiece.model"))
+    assert shipped.kind == "sentencepiece" and shipped.vocab_size == sp.get_piece_size()
+    # tokenizers-cpp's SentencePiece path cuts no special tokens out of the text: "</s>" typed is text.
+    text = "前 </s> 後\n𠮷"
+    assert shipped.encode(text) == sp.encode(text) and 2 not in shipped.encode(text)
+    assert shipped.decode(sp.encode(text)) == sp.decode(sp.encode(text))
+    # MLC prefers tokenizer.json when both are there; so does the host.
+    both = tmp_path / "both"
+    both.mkdir()
+    for source in (out / "tokenizer.model", line_like_built[0] / "tokenizer.json"):
+        (both / source.name).write_bytes(source.read_bytes())
+    assert tk.bundle_tokenizer(both).kind == "tokenizers"
+    with pytest.raises(UserError, match="neither tokenizer.json nor tokenizer.model"):
+        tk.bundle_tokenizer(tmp_path)
+
+
+def bpe_model(directory: Path, *, eos_id: int = 0, vocab_size: int = 600) -> Path:
+    """A model directory whose tokenizer is a byte-level BPE tokenizer.json (Pythia's layout), trained here."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(japanese_lines(500), trainer)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    write_json(directory / "tokenizer_config.json", {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
+                                                     "unk_token": "<|endoftext|>", "tokenizer_class": "GPTNeoXTokenizer"})
+    write_json(directory / "config.json", {"model_type": "gpt_neox", "vocab_size": vocab_size, "bos_token_id": 0,
+                                           "eos_token_id": eos_id})
+    return directory
+
+
+def test_tokenizer_json_model_is_validated_and_shipped(tmp_path: Path) -> None:
+    model_dir = bpe_model(tmp_path / "bpe")
+    report = tk.build_tokenizer(model_dir, tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["parity-report.json", "tokenizer.json", "tokenizer_config.json"]
+    assert (out / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+    assert report["shipped"]["loaded_by"] == "tokenizers"
+    assert report["parity"] == 1.0 and report["round_trip_judged"] == report["cases"] >= 400
+    assert report["tokenizer"]["special_tokens"]["eos_token"] == {"content": "<|endoftext|>", "id": 0}
+    assert report["mlc"]["tokenizer_info"] == {"token_postproc_method": "byte_level", "prepend_space_in_encode": False,
+                                               "strip_space_in_decode": False}
+    assert report["mlc"]["tokenizer_files"] == ["tokenizer.json", "tokenizer_config.json"]
+
+
+def test_tokenizer_json_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"eos_token_id is 5, but eos_token '<\|endoftext\|>' is id 0"):
+        tk.build_tokenizer(bpe_model(tmp_path / "a", eos_id=5), tmp_path / "out")
+    with pytest.raises(UserError, match=r"tokens, but config.json's vocab_size is 100"):
+        tk.build_tokenizer(bpe_model(tmp_path / "b", vocab_size=100), tmp_path / "out")
+    model_dir = bpe_model(tmp_path / "c")
+    write_json(model_dir / "tokenizer_config.json", {"eos_token": "</s>"})
+    with pytest.raises(UserError, match=r"the declared eos_token '</s>' is not a token of tokenizer.json"):
+        tk.build_tokenizer(model_dir, tmp_path / "out")
+
+
+def test_stage_fails_and_keeps_the_report(tmp_path: Path) -> None:
+    """A tokenizer.json that loses text (a word-level vocabulary with an unknown token): the stage fails,
+    names the case, and leaves the report beside the (would-be) output directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    cases_file = tmp_path / "cases.txt"
+    cases_file.write_text('# section: fine\n"hello"\n# section: lost\n"今日は"\n', encoding="utf-8")
+    out = tmp_path / ".tokenizer.tmp-abc123"
+    with pytest.raises(UserError, match=r"tokenizer.json differs from its reference on 1 of 2 cases \(cases\.txt:4 \[lost\]\)"):
+        tk.build_tokenizer(model_dir, out, cases=cases_file)
+    beside = json.loads((tmp_path / "tokenizer.parity-report.json").read_text(encoding="utf-8"))
+    assert beside["parity"] == 0.5 and beside["mismatches"][0]["decoded"] == "[UNK]"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -336,24 +454,23 @@ def test_a_broken_tokenizer_json_is_caught(line_like_built: tuple[Path, dict], l
     assert entry["tokenizer_json_ids"] != entry["sentencepiece_ids"]
 
 
-def test_stage_fails_and_keeps_the_report(no_byte_fallback: Path, tmp_path: Path) -> None:
+def test_converter_cannot_express_an_undeclared_control_piece(no_byte_fallback: Path, tmp_path: Path) -> None:
     """An undeclared control piece typed in the text, next to an unknown character, is the one thing the
-    conversion cannot express for a model without byte fallback: the stage must fail, name the case, and
-    leave the report beside the (would-be) output directory."""
+    conversion cannot express for a model without byte fallback: the measurement names the case, and the
+    stage, which ships SentencePiece itself, is unaffected."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "spiece.model").write_bytes((no_byte_fallback / "spiece.model").read_bytes())  # no special tokens declared
     cases_file = tmp_path / "cases.txt"
     cases_file.write_text('# section: fine\n"今日は天気です。"\n# section: trap\n"x</s>y"\n', encoding="utf-8")
-    out = tmp_path / ".tokenizer.tmp-abc123"
-    with pytest.raises(UserError, match=r"differs from SentencePiece on 1 of 2 cases \(cases\.txt:4 \[trap\]\)"):
-        tk.build_tokenizer(model_dir, out, cases=cases_file, sweep=False)
-    beside = json.loads((tmp_path / "tokenizer.parity-report.json").read_text(encoding="utf-8"))
-    assert beside["parity"] == 0.5 and beside["mismatches"][0]["text"] == "x</s>y"
-    # With the special tokens declared (as any real model does), the same text is fine.
+    measured = tk.measure_tokenizer_json(model_dir, tmp_path / "json", tk.load_cases(cases_file))
+    assert measured["parity"] == 0.5 and measured["mismatches"][0]["text"] == "x</s>y"
+    report = tk.build_tokenizer(model_dir, tmp_path / "out", cases=cases_file)
+    assert report["parity"] == 1.0
+    assert report["tokenizer_json_alternative"]["mismatched_cases"] == ["cases.txt:4 [trap]"]
+    # With the special tokens declared (as any real model does), the converter gets it right too.
     write_json(model_dir / "tokenizer_config.json", {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
-    assert tk.build_tokenizer(model_dir, out, cases=cases_file, sweep=False)["parity"] == 1.0
-    assert not (tmp_path / "tokenizer.parity-report.json").exists()
+    assert tk.measure_tokenizer_json(model_dir, tmp_path / "json2", tk.load_cases(cases_file))["parity"] == 1.0
 
 
 def test_undeclared_special_token_not_in_vocab(line_like: Path, tmp_path: Path) -> None:
@@ -362,7 +479,10 @@ def test_undeclared_special_token_not_in_vocab(line_like: Path, tmp_path: Path) 
     (model_dir / "spiece.model").write_bytes((line_like / "spiece.model").read_bytes())
     write_json(model_dir / "special_tokens_map.json", {"pad_token": "[PAD]"})
     with pytest.raises(UserError, match=r"declared special token '\[PAD\]' is not a piece"):
-        tk.build_tokenizer(model_dir, tmp_path / "out", sweep=False)
+        tk.measure_tokenizer_json(model_dir, tmp_path / "out", [])
+    # The stage ships SentencePiece and reports the alternative as unavailable, with the reason.
+    report = tk.build_tokenizer(model_dir, tmp_path / "stage")
+    assert "is not a piece" in report["tokenizer_json_alternative"]["unavailable"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,7 +525,7 @@ def test_case_file_format_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_normalizer_sweep_finds_no_difference(line_like: Path, tmp_path: Path) -> None:
     """Every assigned code point and every one of nmt_nfkc's 220k multi-character keys normalize the same."""
-    report = tk.build_tokenizer(line_like, tmp_path / "out", sweep=True)
+    report = tk.measure_tokenizer_json(line_like, tmp_path / "out", [], sweep=True)
     sweep = report["normalizer"]["sweep"]
     assert sweep["code_points"]["checked"] > 140_000 and sweep["code_points"]["differ"] == 0
     assert sweep["multi_char_keys"]["checked"] > 200_000 and sweep["multi_char_keys"]["differ"] == 0
@@ -416,7 +536,7 @@ def test_demo_model(tmp_path: Path) -> None:
     demo = pytest.importorskip("hf2mlc.demo")
     model_dir = tmp_path / "demo"
     demo.make_demo_model(model_dir)
-    report = tk.build_tokenizer(model_dir, tmp_path / "tokenizer")
-    assert report["parity"] == 1.0
+    report = tk.build_tokenizer(model_dir, tmp_path / "tokenizer", sweep=True)
+    assert report["parity"] == 1.0 and report["tokenizer_json_alternative"]["parity"] == 1.0
     assert report["tokenizer"]["special_tokens"]["eos_token"] == {"content": "</s>", "id": 2, "kind": "control"}
-    assert report["normalizer"]["sweep"]["code_points"]["differ"] == 0
+    assert report["tokenizer_json_alternative"]["normalizer"]["sweep"]["code_points"]["differ"] == 0

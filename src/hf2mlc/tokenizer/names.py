@@ -2,6 +2,8 @@
 
 SPIECE_NAME = "spiece.model"
 TOKENIZER_JSON = "tokenizer.json"
+#: The name MLC's runtime loads a SentencePiece model by (the stage ships spiece.model under it).
+TOKENIZER_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 PARITY_REPORT = "parity-report.json"
@@ -9,8 +11,8 @@ DEFAULT_CASES = "tokenizer_cases_ja.txt"
 
 #: Files MLC's ``gen_config`` copies next to the weights, in the order it looks for them.
 MLC_TOKENIZER_FILES = (
-    "tokenizer.model",
-    "tokenizer.json",
+    TOKENIZER_MODEL,
+    TOKENIZER_JSON,
     "vocab.json",
     "merges.txt",
     "added_tokens.json",

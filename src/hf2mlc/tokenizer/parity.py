@@ -155,3 +155,42 @@ def normalizer_sweep(sp: SentencePieceModel, tokenizer: Any, spiece: Path, *, li
             ],
         }
     return report
+
+
+def check_shipped(
+    shipped: Any, reference: Any, cases: Sequence[Case], *, byte_ids: set[int] | None = None, unk_id: int | None = None
+) -> dict[str, Any]:
+    """Compare the tokenizer a bundle ships (as MLC's runtime loads it: :mod:`.bundle`) with the reference
+    on ``cases``: token ids, and decoded text.  Both are :class:`~.bundle.BundleTokenizer`-like (``encode``,
+    ``decode``).  ``report["mismatches"]`` names every failing case; the stage refuses the bundle if any."""
+    byte_ids = byte_ids or set()
+    mismatches: list[dict[str, Any]] = []
+    ids_ok = decode_ok = total_tokens = byte_tokens = unk_tokens = 0
+    for case in cases:
+        ours, theirs = shipped.encode(case.text), reference.encode(case.text)
+        ours_text, theirs_text = shipped.decode(ours), reference.decode(theirs)
+        total_tokens += len(theirs)
+        byte_tokens += sum(1 for i in theirs if i in byte_ids)
+        unk_tokens += sum(1 for i in theirs if i == unk_id)
+        ids_ok += ours == theirs
+        decode_ok += ours_text == theirs_text
+        if ours != theirs or ours_text != theirs_text:
+            mismatches.append({
+                "case": case.name,
+                "text": case.text,
+                "shipped_ids": ours,
+                "reference_ids": theirs,
+                "shipped_decoded": ours_text,
+                "reference_decoded": theirs_text,
+            })
+    n = len(cases)
+    return {
+        "cases": n,
+        "ids_match": ids_ok,
+        "decoded_match": decode_ok,
+        "parity": round((n - len(mismatches)) / n, 6) if n else 0.0,
+        "tokens": total_tokens,
+        "byte_fallback_tokens": byte_tokens,
+        "unk_tokens": unk_tokens,
+        "mismatches": mismatches,
+    }

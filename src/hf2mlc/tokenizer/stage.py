@@ -1,21 +1,32 @@
-"""The tokenizer stage: convert, check parity, write the report; refuse when any case differs."""
+"""The tokenizer stage: the tokenizer files a bundle ships, proved on the test set; refused when any case differs.
+
+A SentencePiece model is shipped as ``tokenizer.model`` — MLC's runtime then tokenizes with SentencePiece
+itself, exact by construction — and the converted tokenizer.json is measured beside it (written, checked,
+reported, not shipped): on real text it disagrees with SentencePiece on near-ties of float32 vs float64
+lattice arithmetic and on equal-score cuts of repeated-symbol runs (README, "Tokenizers").  A model that
+ships only a tokenizer.json is validated against its config and shipped as it is.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..manifest import write_json
-from .cases import default_cases_path, load_cases
+from .cases import Case, default_cases_path, load_cases
 from .convert import convert_sentencepiece, tokenizer_config
+from . import hf_json
+from .bundle import bundle_tokenizer, load_sentencepiece, model_tokenizer_file
 from .mlc import mlc_tokenizer_fields
-from .names import PARITY_REPORT, SPIECE_NAME, TOKENIZER_CONFIG, TOKENIZER_JSON
+from .names import PARITY_REPORT, SPIECE_NAME, TOKENIZER_CONFIG, TOKENIZER_JSON, TOKENIZER_MODEL
 from .normalizer import NormalizerPlan
-from .parity import check_parity, normalizer_sweep, transformers_slow_tokenizer
+from .parity import check_parity, check_shipped, normalizer_sweep, transformers_slow_tokenizer
 from .proto import BYTE, USER_DEFINED, SentencePieceModel, read_sentencepiece
 from .special_tokens import declared_special_tokens
 
@@ -25,11 +36,11 @@ def _progress(message: str) -> None:
 
 
 def find_spiece(model_dir: Path) -> Path:
-    for name in (SPIECE_NAME, "tokenizer.model"):
+    for name in (SPIECE_NAME, TOKENIZER_MODEL):
         if (model_dir / name).is_file():
             return model_dir / name
     raise UserError(
-        f"{model_dir}: no {SPIECE_NAME} (or tokenizer.model); the tokenizer stage converts a SentencePiece model."
+        f"{model_dir}: no {SPIECE_NAME} (or {TOKENIZER_MODEL}): this step needs the model's SentencePiece model."
     )
 
 
@@ -40,7 +51,7 @@ def _sha256(path: Path) -> str:
 def _describe(sp: SentencePieceModel, declared: dict[str, str]) -> dict[str, Any]:
     return {
         "vocab_size": len(sp.pieces),
-        "model_type": "unigram",
+        "model_type": {1: "unigram", 2: "bpe", 3: "word", 4: "char"}.get(sp.model_type, str(sp.model_type)),
         "byte_fallback": sp.byte_fallback,
         "byte_pieces": len(sp.ids_of_type(BYTE)),
         "normalizer": sp.normalizer_name or "(custom)",
@@ -81,64 +92,138 @@ def _failure_report_path(out_dir: Path) -> Path:
     return out_dir.parent / f"{final}.{PARITY_REPORT}"
 
 
-def build_tokenizer(
-    model_dir: Path, out_dir: Path, *, cases: Path | None = None, sweep: bool = True
-) -> dict[str, Any]:
-    """Write tokenizer.json, tokenizer_config.json and parity-report.json for the model into ``out_dir``.
+def _versions() -> dict[str, str]:
+    import sentencepiece
+    import tokenizers
 
-    ``cases``: the parity test set (default: the package's Japanese set).  ``sweep``: also run every
-    assigned code point and every key of SentencePiece's character map through both normalizers (a few
-    seconds for nmt_nfkc; reported, not pass/fail).  Raises UserError when any case differs from
-    SentencePiece (ids or decoded text); the report is then also written beside ``out_dir``
-    (``<name>.parity-report.json``), because a failed stage leaves no directory behind.
+    return {"sentencepiece": sentencepiece.__version__, "tokenizers": tokenizers.__version__}
+
+
+def measure_tokenizer_json(
+    model_dir: Path, out_dir: Path, cases: list[Case], *, sweep: bool = False
+) -> dict[str, Any]:
+    """Convert the model's SentencePiece model to tokenizer.json (+ tokenizer_config.json) in ``out_dir`` and
+    check it against SentencePiece and transformers' slow tokenizer on ``cases``; the report, no verdict.
+
+    ``sweep``: also run every assigned code point and every key of SentencePiece's character map through
+    both normalizers (a few seconds for nmt_nfkc).
     """
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     spiece = find_spiece(model_dir)
     sp = read_sentencepiece(spiece)
     declared = declared_special_tokens(model_dir)
-    _progress(f"{spiece.name}: {len(sp.pieces)} pieces; building tokenizer.json")
     tokenizer, plan = convert_sentencepiece(sp, declared.values(), source=str(spiece))
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(out_dir / TOKENIZER_JSON), pretty=True)
     write_json(out_dir / TOKENIZER_CONFIG, tokenizer_config(model_dir, declared))
-
-    cases_path = Path(cases) if cases is not None else default_cases_path()
-    case_list = load_cases(cases_path)
     slow, slow_version = transformers_slow_tokenizer(spiece, declared)
-    _progress(f"parity on {len(case_list)} cases ({cases_path.name}) against sentencepiece and {slow_version}")
-    parity = check_parity(out_dir / TOKENIZER_JSON, spiece, case_list, declared.values(), slow=slow)
-    if sweep:
-        _progress("sweeping every code point and character-map key through both normalizers")
+    parity = check_parity(out_dir / TOKENIZER_JSON, spiece, cases, declared.values(), slow=slow)
     swept = normalizer_sweep(sp, tokenizer, spiece) if sweep else {"skipped": True}
-    import sentencepiece
-    import tokenizers
-
-    report: dict[str, Any] = {
-        "source": {"file": spiece.name, "sha256": _sha256(spiece)},
-        "cases_file": {"name": cases_path.name, "sha256": _sha256(cases_path)},
-        "references": {
-            "sentencepiece": sentencepiece.__version__,
-            "transformers_slow": slow_version,
-            "tokenizers": tokenizers.__version__,
-        },
-        "tokenizer": _describe(sp, declared),
+    return {
+        "references": _versions() | {"transformers_slow": slow_version},
         "normalizer": _describe_plan(plan) | {"sweep": swept},
         "mlc": mlc_tokenizer_fields(out_dir),
         **parity,
     }
+
+
+def _measure_alternative(model_dir: Path, cases: list[Case], *, sweep: bool) -> dict[str, Any]:
+    """The tokenizer.json alternative's numbers on ``cases`` (converted in a scratch directory, not shipped)."""
+    _progress("measuring the tokenizer.json alternative (not shipped)")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            measured = measure_tokenizer_json(model_dir, Path(tmp), cases, sweep=sweep)
+    except UserError as err:  # a model the converter cannot express: SentencePiece still ships
+        return {"unavailable": str(err)}
+    summary = {
+        key: measured[key]
+        for key in ("cases", "ids_match_sentencepiece", "decoded_match_sentencepiece", "parity", "references")
+    }
+    return summary | {
+        "mismatched_cases": [m["case"] for m in measured["mismatches"]],
+        "normalizer": measured["normalizer"],
+    }
+
+
+def _ship_sentencepiece(
+    model_dir: Path, spiece: Path, out_dir: Path, cases: list[Case], *, alternative: bool, sweep: bool
+) -> dict[str, Any]:
+    """``tokenizer.model`` (the model's own bytes) and the model's tokenizer_config.json, as MLC's gen_config
+    copies them; checked through the shipped file, with the tokenizer.json alternative measured beside."""
+    sp = read_sentencepiece(spiece)
+    declared = declared_special_tokens(model_dir)
+    shutil.copyfile(spiece, out_dir / TOKENIZER_MODEL)
+    if (model_dir / TOKENIZER_CONFIG).is_file():
+        shutil.copyfile(model_dir / TOKENIZER_CONFIG, out_dir / TOKENIZER_CONFIG)
+    shipped = bundle_tokenizer(out_dir)
+    if shipped.kind != "sentencepiece":
+        raise RuntimeError(f"{out_dir}: MLC would load {shipped.path.name}, not {TOKENIZER_MODEL}")
+    parity = check_shipped(
+        shipped, load_sentencepiece(spiece), cases, byte_ids=set(sp.ids_of_type(BYTE)), unk_id=sp.unk_id
+    )
+    summary = _measure_alternative(model_dir, cases, sweep=sweep) if alternative else {"skipped": True}
+    return {
+        "shipped": {"file": TOKENIZER_MODEL, "loaded_by": "sentencepiece", "source": spiece.name},
+        "references": _versions() | {"reference": f"sentencepiece on {spiece.name}"},
+        "tokenizer": _describe(sp, declared),
+        "tokenizer_json_alternative": summary,
+        **parity,
+    }
+
+
+def _ship_tokenizer_json(model_dir: Path, source: Path, out_dir: Path, cases: list[Case]) -> dict[str, Any]:
+    """A model's own tokenizer.json (and tokenizer_config.json), validated against the model and shipped as is."""
+    shutil.copyfile(source, out_dir / TOKENIZER_JSON)
+    if (model_dir / TOKENIZER_CONFIG).is_file():
+        shutil.copyfile(model_dir / TOKENIZER_CONFIG, out_dir / TOKENIZER_CONFIG)
+    report = hf_json.validate(model_dir, bundle_tokenizer(out_dir), cases)
+    return {
+        "shipped": {"file": TOKENIZER_JSON, "loaded_by": "tokenizers", "source": source.name},
+        "references": _versions() | {"reference": "round trip: the text under the file's Unicode normalizer"},
+        **report,
+    }
+
+
+def build_tokenizer(
+    model_dir: Path, out_dir: Path, *, cases: Path | None = None, alternative: bool = True, sweep: bool = False
+) -> dict[str, Any]:
+    """Write the bundle's tokenizer files and parity-report.json for the model into ``out_dir``.
+
+    ``cases``: the test set (default: the package's Japanese set).  ``alternative``: for a SentencePiece
+    model, also measure the converted tokenizer.json on the cases (``sweep``: with the normalizer sweep).  Raises UserError when any case differs
+    (ids or decoded text); the report is then also written beside ``out_dir`` (``<name>.parity-report.json``),
+    because a failed stage leaves no directory behind.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    source = model_tokenizer_file(model_dir)
+    cases_path = Path(cases) if cases is not None else default_cases_path()
+    case_list = load_cases(cases_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _progress(f"{source.name}: checking {len(case_list)} cases ({cases_path.name}) through the file the bundle ships")
+    if source.name == TOKENIZER_JSON:
+        body = _ship_tokenizer_json(model_dir, source, out_dir, case_list)
+    else:
+        body = _ship_sentencepiece(model_dir, source, out_dir, case_list, alternative=alternative, sweep=sweep)
+    report: dict[str, Any] = {
+        "source": {"file": source.name, "sha256": _sha256(source)},
+        "cases_file": {"name": cases_path.name, "sha256": _sha256(cases_path)},
+        "mlc": mlc_tokenizer_fields(out_dir),
+        **body,
+    }
     write_json(out_dir / PARITY_REPORT, report)
     beside = _failure_report_path(out_dir)
-    if parity["mismatches"]:
+    if report["mismatches"]:
         write_json(beside, report)
-        names = ", ".join(m["case"] for m in parity["mismatches"][:5])
-        more = len(parity["mismatches"]) - 5
+        names = ", ".join(m["case"] for m in report["mismatches"][:5])
+        more = len(report["mismatches"]) - 5
         raise UserError(
-            f"{spiece}: tokenizer.json differs from SentencePiece on {len(parity['mismatches'])} of "
-            f"{parity['cases']} cases ({names}{f', and {more} more' if more > 0 else ''}); see {beside}."
+            f"{source}: the bundle's {report['shipped']['file']} differs from its reference on "
+            f"{len(report['mismatches'])} of {report['cases']} cases ({names}{f', and {more} more' if more > 0 else ''}); "
+            f"see {beside}."
         )
     beside.unlink(missing_ok=True)
     _progress(
-        f"parity 100 %: {parity['cases']} cases, {parity['tokens']} tokens, "
-        f"{parity['byte_fallback_tokens']} byte-fallback tokens"
+        f"parity 100 %: {report['cases']} cases, {report['tokens']} tokens, "
+        f"{report['byte_fallback_tokens']} byte-fallback tokens ({report['shipped']['file']})"
     )
     return report
