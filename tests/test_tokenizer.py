@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from hf2mlc import tokenizer as tk
 from hf2mlc.errors import UserError
+from tiny_tokenizers import byte_level_bpe
 
 WORDS = (
     "私 あなた 今日 明日 天気 東京 大阪 日本 日本語 学校 先生 学生 会社 電車 料理 寿司 ラーメン コーヒー お茶 水 山 川 "
@@ -345,23 +346,7 @@ def test_bundle_tokenizer_is_what_mlc_loads(line_like_stage: tuple[Path, dict], 
 
 
 def bpe_model(directory: Path, *, eos_id: int = 0, vocab_size: int = 600) -> Path:
-    """A model directory whose tokenizer is a byte-level BPE tokenizer.json (Pythia's layout), trained here."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>", "<|padding|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tokenizer.train_from_iterator(japanese_lines(500), trainer)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    write_json(directory / "tokenizer_config.json", {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>",
-                                                     "unk_token": "<|endoftext|>", "tokenizer_class": "GPTNeoXTokenizer"})
-    write_json(directory / "config.json", {"model_type": "gpt_neox", "vocab_size": vocab_size, "bos_token_id": 0,
-                                           "eos_token_id": eos_id})
-    return directory
+    return byte_level_bpe(directory, japanese_lines(500), eos_id=eos_id, vocab_size=vocab_size)
 
 
 def test_tokenizer_json_model_is_validated_and_shipped(tmp_path: Path) -> None:
