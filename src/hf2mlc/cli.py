@@ -4,7 +4,7 @@
     hf2mlc inspect results/package/demo/iphone   # manifest summary; verifies every file's sha256
     hf2mlc chat --model demo --quantization q4f16_0 --prompt "四国の県名を全て列挙してください。"
 
-``chat`` runs the host build of the workflow's results (same weights, template and tokenizer.json as the
+``chat`` runs the host build of the workflow's results (same weights, template and tokenizer files as the
 bundle) the way MLC's engine would: the prompt rendered by the conversation template, stop tokens, sampling.
 """
 
@@ -52,10 +52,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     import json
 
-    from tokenizers import Tokenizer
-
     from .families import render_prompt
     from .runtime import Engine
+    from .tokenizer import bundle_tokenizer
 
     results = Path(args.results)
     build = results / "build" / args.model / f"host-{args.quantization}"
@@ -64,7 +63,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         raise UserError(f"{build}: no host build; run `snakemake --cores 2 {build}` first.")
     template = json.loads((results / "patch" / args.model / "conv_template.json").read_text(encoding="utf-8"))
     generation = json.loads((results / "patch" / args.model / "overrides.json").read_text(encoding="utf-8"))["generation"]
-    tokenizer = Tokenizer.from_file(str(results / "tokenizer" / args.model / "tokenizer.json"))
+    tokenizer = bundle_tokenizer(results / "tokenizer" / args.model)  # as MLC's runtime loads the bundle's files
     engine = Engine(libs[0], results / "weights" / args.model / args.quantization)
     temperature = generation.get("temperature", 0.7) if args.temperature is None else args.temperature
     top_p = generation.get("top_p", 1.0)
@@ -81,15 +80,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             except EOFError:
                 return 0
         history.append(("user", user))
-        ids = list(template.get("system_prefix_token_ids") or []) + tokenizer.encode(
-            render_prompt(template, history), add_special_tokens=False
-        ).ids
+        ids = list(template.get("system_prefix_token_ids") or []) + tokenizer.encode(render_prompt(template, history))
         out = engine.generate(
             ids, args.max_new_tokens, temperature=temperature, top_p=top_p,
             stop_token_ids=template.get("stop_token_ids", []), seed=args.seed,
         )
         stops = set(template.get("stop_token_ids", []))
-        answer = tokenizer.decode([t for t in out if t not in stops], skip_special_tokens=True)
+        answer = tokenizer.decode([t for t in out if t not in stops])
         for stop in template.get("stop_str", []):
             answer = answer.split(stop)[0]
         print(answer)

@@ -258,6 +258,7 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
         lib_files=lib_files,
         model_lib=model_lib,
         estimated_vram=vram,
+        tokenizer=parity,
     )
     (out / "README.md").write_text(card, encoding="utf-8")
 
