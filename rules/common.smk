@@ -85,7 +85,7 @@ def target_settings(wildcards):
 def local_source(wildcards):
     """A local checkpoint directory is an input, so editing it reruns the download stage."""
     source = MODELS[wildcards.model]["source"]
-    if source == "demo" or source.startswith("hf://"):
+    if source == "demo" or source.startswith(("demo:", "hf://")):
         return []
     return [source]
 
@@ -116,6 +116,13 @@ def model_lib_name(model, quant, target):
     """The model library's name: the MLC model id and target, with characters a C symbol prefix cannot
     hold (the iPhone system library's) replaced, e.g. japanese-large-lm-3_6b-…-q4f16_0-MLC-iphone."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", f"{mlc_model_id(model, quant)}-{target}")
+
+
+#: The tokenizer modules that read a model's tokenizer the way its bundle will (patch and evaluate use them;
+#: the rest of tokenizer/ is the tokenizer stage's own).
+TOKENIZER_READING = tuple(
+    f"tokenizer/{name}.py" for name in ("bundle", "hf_json", "proto", "special_tokens", "names", "cases")
+)
 
 
 def code_version(*relpaths):

@@ -9,7 +9,7 @@ rule evaluate:
         directory(evaluate_dir("{model}", "{quant}")),
     params:
         quantization="{quant}",
-        code=code_version("evaluate.py", "runtime.py", "data"),
+        code=code_version("evaluate.py", "runtime.py", "data", *TOKENIZER_READING),
     threads: 2
     log:
         "results/logs/evaluate/{model}/{quant}.log",

@@ -8,7 +8,7 @@ rule patch:
         directory(patch_dir("{model}")),
     params:
         family=lambda wildcards: MODELS[wildcards.model]["family"],
-        code=code_version("families.py"),
+        code=code_version("families.py", *TOKENIZER_READING),
     log:
         "results/logs/patch/{model}.log",
     benchmark:

@@ -153,7 +153,7 @@ def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("edited", ["scripts/tokenizer.py", "src/hf2mlc/tokenizer.py"])
+@pytest.mark.parametrize("edited", ["scripts/tokenizer.py", "src/hf2mlc/tokenizer/stage.py"])
 def test_code_edit_reruns_only_its_rule(built: dict, edited: str) -> None:
     work = built["work"]
     path = work / edited
