@@ -23,16 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from .demo import (
-    HIDDEN_SIZE,
-    INTERMEDIATE_SIZE,
-    MAX_POSITIONS,
-    NUM_HEADS,
-    NUM_LAYERS,
     _build_model,
     _deterministic_torch,
     _progress,
     _train,
     heldout_perplexity,
+    model_config,
 )
 from .demo_corpus import demo_corpus
 from .errors import UserError
@@ -63,26 +59,11 @@ def shared_data_dir() -> Path:
 
 
 def _architecture(variant: str) -> dict[str, Any]:
-    common = {
-        "architectures": ["GPTNeoXForCausalLM"],
-        "model_type": "gpt_neox",
-        "hidden_act": "gelu",
-        "hidden_size": HIDDEN_SIZE,
-        "initializer_range": 0.02,
-        "intermediate_size": INTERMEDIATE_SIZE,
-        "layer_norm_eps": 1e-5,
-        "max_position_embeddings": MAX_POSITIONS,
-        "num_attention_heads": NUM_HEADS,
-        "num_hidden_layers": NUM_LAYERS,
-        "rotary_emb_base": 10000,
-        "tie_word_embeddings": False,
-        "torch_dtype": "float16",
-        "use_cache": True,
-    }
-    if variant == "rinna":  # rinna/japanese-gpt-neox-3.6b: sequential residual, full rotary
-        return common | {"bos_token_id": RINNA_BOS, "eos_token_id": RINNA_EOS, "rotary_pct": 1.0,
-                         "use_parallel_residual": False, "vocab_size": RINNA_VOCAB}
-    return common | {"bos_token_id": PYTHIA_EOS, "eos_token_id": PYTHIA_EOS, "rotary_pct": 0.25,
+    """config.json: the demo's sizes, with the family's architecture options and ids."""
+    untied = model_config() | {"tie_word_embeddings": False}
+    if variant == "rinna":  # rinna/japanese-gpt-neox-3.6b: sequential residual, full rotary, untied
+        return untied | {"bos_token_id": RINNA_BOS, "eos_token_id": RINNA_EOS, "vocab_size": RINNA_VOCAB}
+    return untied | {"bos_token_id": PYTHIA_EOS, "eos_token_id": PYTHIA_EOS, "rotary_pct": 0.25,
                      "use_parallel_residual": True, "vocab_size": PYTHIA_VOCAB}
 
 
