@@ -3,7 +3,8 @@
 A SentencePiece model is shipped as ``tokenizer.model`` — MLC's runtime then tokenizes with SentencePiece
 itself, exact by construction — and the converted tokenizer.json is measured beside it (written, checked,
 reported, not shipped): on real text it disagrees with SentencePiece on near-ties of float32 vs float64
-lattice arithmetic and on equal-score cuts of repeated-symbol runs (README, "Tokenizers").  A model that
+lattice arithmetic, equal-score cuts of repeated-symbol runs, and what NFKC or its lattice cannot express
+(README, "Tokenizers").  A model that
 ships only a tokenizer.json is validated against its config and shipped as it is.
 """
 
@@ -19,10 +20,10 @@ from typing import Any
 
 from ..errors import UserError
 from ..manifest import write_json
-from .cases import Case, default_cases_path, load_cases
-from .convert import convert_sentencepiece, tokenizer_config
 from . import hf_json
 from .bundle import bundle_tokenizer, load_sentencepiece, model_tokenizer_file
+from .cases import Case, default_cases_path, load_cases
+from .convert import convert_sentencepiece, tokenizer_config
 from .mlc import mlc_tokenizer_fields
 from .names import PARITY_REPORT, SPIECE_NAME, TOKENIZER_CONFIG, TOKENIZER_JSON, TOKENIZER_MODEL
 from .normalizer import NormalizerPlan
