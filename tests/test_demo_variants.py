@@ -27,7 +27,10 @@ def _run_variant(tmp: Path, variant: str, family: str) -> Path:
     work = copy_workflow(tmp / "work")
     config_path = work / "config" / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    config["models"] = [{"id": variant, "source": f"demo:{variant}", "name": f"hf2mlc-demo-{variant}", "family": family}]
+    # One quantization for both devices: one conversion, one host build and one evaluation serve both.
+    targets = {"mac": {"quantization": config["defaults"]["targets"]["iphone"]["quantization"]}}
+    config["models"] = [{"id": variant, "source": f"demo:{variant}", "name": f"hf2mlc-demo-{variant}",
+                         "family": family, "targets": targets}]
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     snakemake(work, "--cores", "2", "iphone_bundle", env={"HF2MLC_SHARED_DATA": str(SHARED_DATA)})
     return work / "results"
