@@ -16,7 +16,7 @@ import pytest
 import sentencepiece as spm
 import yaml
 
-from hf2mlc import tokenizer as tk
+from hf2mlc.tokenizer import bundle, proto
 from shared_data import SHARED_DATA, shared_file
 from workflow_helpers import copy_workflow, snakemake
 
@@ -57,7 +57,7 @@ def pythia(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_rinna_variant_bundle(rinna: Path) -> None:
     download = rinna / "download" / "rinna"
     sp = spm.SentencePieceProcessor(model_file=str(download / "spiece.model"))
-    model = tk.read_sentencepiece(download / "spiece.model")
+    model = proto.read_sentencepiece(download / "spiece.model")
     assert not model.byte_fallback and model.kind("<NL>") == "user_defined"
     assert [sp.id_to_piece(i) for i in range(4)] == ["[PAD]", "<unk>", "<s>", "</s>"]
     assert json.loads((download / "config.json").read_text())["eos_token_id"] == 3
@@ -78,7 +78,7 @@ def test_rinna_variant_bundle(rinna: Path) -> None:
     assert "## Tokenizer" in (package / "README.md").read_text(encoding="utf-8")
     # The bundle tokenizes the rinna prompt exactly as SentencePiece does, <NL> as one piece.
     prompt = "ユーザー: 日本のおすすめの観光地を教えてください。<NL>システム: "
-    ids = tk.bundle_tokenizer(model_dir).encode(prompt)
+    ids = bundle.bundle_tokenizer(model_dir).encode(prompt)
     assert ids == sp.encode(prompt) and sp.piece_to_id("<NL>") in ids
 
 

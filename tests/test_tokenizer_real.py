@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from hf2mlc import tokenizer as tk
+from hf2mlc.tokenizer import bundle, proto, stage
 from shared_data import english_lines, novel_lines, shared_file
 
 MODELS = {
@@ -43,7 +43,7 @@ def _real_model_dir(name: str, tmp: Path) -> tuple[Path, Path]:
 def staged(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path, dict]:
     source, model_dir = _real_model_dir(request.param, tmp_path_factory.mktemp("real"))
     out = model_dir.parent / f"{request.param}-tokenizer"
-    report = tk.build_tokenizer(model_dir, out, alternative=False)
+    report = stage.build_tokenizer(model_dir, out, alternative=False)
     return request.param, source, out, report
 
 
@@ -58,7 +58,7 @@ def test_shipped_tokenizer_is_sentencepiece_on_every_line(staged: tuple[str, Pat
     name, source, out, _ = staged
     lines = novel_lines() + english_lines()
     start = time.perf_counter()
-    shipped = tk.bundle_tokenizer(out)
+    shipped = bundle.bundle_tokenizer(out)
     reference = spm.SentencePieceProcessor(model_file=str(source))
     expected = reference.encode(lines)
     got = [shipped.encode(line) for line in lines]
@@ -100,7 +100,7 @@ def test_tokenizer_json_alternative_differs_only_by_arithmetic(name: str, tmp_pa
     from tokenizers import Tokenizer
 
     source, model_dir = _real_model_dir(name, tmp_path)
-    tk.measure_tokenizer_json(model_dir, tmp_path / "json", [])
+    stage.measure_tokenizer_json(model_dir, tmp_path / "json", [])
     fast = Tokenizer.from_file(str(tmp_path / "json" / "tokenizer.json"))
     reference = spm.SentencePieceProcessor(model_file=str(source))
     counts = {}
@@ -113,7 +113,7 @@ def test_tokenizer_json_alternative_differs_only_by_arithmetic(name: str, tmp_pa
             if any(reference.is_control(t) for t in got[i]):
                 # The converter's known limit: a control piece typed as text in a model without byte
                 # fallback (SentencePiece reads its characters; tokens declared special are cut out instead).
-                assert label == "probes" and not tk.read_sentencepiece(source).byte_fallback, lines[i]
+                assert label == "probes" and not proto.read_sentencepiece(source).byte_fallback, lines[i]
                 continue
             sp32, sp64 = _sums(reference, expected[i])
             hf32, hf64 = _sums(reference, got[i])
@@ -137,7 +137,7 @@ def test_gpt_neox_20b_tokenizer_json(tmp_path: Path) -> None:
     (model_dir / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
          "tokenizer_class": "GPTNeoXTokenizer"}))
-    report = tk.build_tokenizer(model_dir, tmp_path / "out")
+    report = stage.build_tokenizer(model_dir, tmp_path / "out")
     assert report["parity"] == 1.0 and report["round_trip_judged"] == report["cases"]
     assert report["mlc"]["tokenizer_info"] == {"token_postproc_method": "byte_level",
                                                "prepend_space_in_encode": False, "strip_space_in_decode": False}
@@ -145,7 +145,7 @@ def test_gpt_neox_20b_tokenizer_json(tmp_path: Path) -> None:
     # Special tokens Pythia's tokenizer_config.json does not declare (<|padding|>, and four of a later fine-tune):
     # the report names them, since MLC will cut them out of any text that contains them.
     assert report["undeclared_special_tokens"] == ["<|padding|>", "<|im_start|>", "<|im_end|>", "assistant", "RWKV"]
-    shipped = tk.bundle_tokenizer(tmp_path / "out")
+    shipped = bundle.bundle_tokenizer(tmp_path / "out")
     lines = novel_lines() + english_lines()
     start = time.perf_counter()
     lost = [line for line in lines if shipped.decode(shipped.encode(line)) != unicodedata.normalize("NFC", line)]

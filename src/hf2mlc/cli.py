@@ -54,7 +54,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     from .families import render_prompt
     from .runtime import Engine
-    from .tokenizer import bundle_tokenizer
+    from .tokenizer.bundle import bundle_tokenizer
 
     results = Path(args.results)
     build = results / "build" / args.model / f"host-{args.quantization}"

@@ -34,7 +34,7 @@ CHECK_TOKENS = 40
 
 def load_encoder(model_dir: Path) -> Callable[[str], list[int]]:
     """The model's tokenizer as its bundle tokenizes (hf2mlc.tokenizer.bundle: SentencePiece, else tokenizer.json)."""
-    from .tokenizer import model_tokenizer
+    from .tokenizer.bundle import model_tokenizer
 
     return model_tokenizer(model_dir).encode
 

@@ -288,7 +288,9 @@ class _ModelTokenizer:
     against the ids MLC's runtime will really produce for it."""
 
     def __init__(self, model_dir: Path) -> None:
-        from .tokenizer import hf_json, model_tokenizer, read_sentencepiece
+        from .tokenizer import hf_json
+        from .tokenizer.bundle import model_tokenizer
+        from .tokenizer.proto import read_sentencepiece
 
         self.bundle = model_tokenizer(model_dir)
         self.spiece = self.bundle.path

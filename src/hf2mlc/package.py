@@ -161,7 +161,7 @@ def _source_card_metadata(model_dir: Path) -> dict[str, Any]:
 def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -> None:
     """Assemble the bundle for ``settings["device"]`` into ``out`` (an empty directory)."""
     from .manifest import tool_versions
-    from .tokenizer import mlc_tokenizer_fields
+    from .tokenizer.mlc import mlc_tokenizer_fields
 
     device = settings["device"]
     model_id = settings["model_id"]

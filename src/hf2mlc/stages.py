@@ -155,7 +155,7 @@ def build(
 
 def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
     """The bundle's tokenizer files (spiece.model as tokenizer.model, or the model's tokenizer.json), with a 100 % parity report."""
-    from .tokenizer import build_tokenizer
+    from .tokenizer.stage import build_tokenizer
 
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
