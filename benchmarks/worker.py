@@ -112,7 +112,7 @@ def task_cached_digests(args: dict[str, Any]) -> dict[str, Any]:
 
 def task_compile(args: dict[str, Any]) -> dict[str, Any]:
     from hf2mlc.compile import compile_model
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
     from hf2mlc.spec import TargetSpec
 
     config = GPTNeoXConfig.from_file(Path(args["model_dir"]) / "config.json")

@@ -9,6 +9,7 @@ rule check:
         directory(check_dir("{model}", "{quant}")),
     params:
         quantization="{quant}",
+        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation_text"],
         max_logit_rel_error=lambda wildcards: MODELS[wildcards.model]["max_logit_rel_error"],
         code=code_version("check"),
     threads: 2

@@ -56,6 +56,7 @@ def _merged_model(entry):
         "targets": {},
         "host": {**defaults["host"], **entry.get("host", {})},
         "max_logit_rel_error": defaults["max_logit_rel_error"],
+        "evaluation_text": entry.get("evaluation_text", defaults["evaluation_text"]),
     }
     for device in DEVICES:
         merged["targets"][device] = {

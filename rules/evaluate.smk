@@ -10,6 +10,7 @@ rule evaluate:
         directory(evaluate_dir("{model}", "{quant}")),
     params:
         quantization="{quant}",
+        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation_text"],
         code=code_version("evaluate"),
     threads: 2
     log:

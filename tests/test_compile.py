@@ -22,7 +22,7 @@ from hf2mlc import compile as compile_mod
 from hf2mlc.compile import BuildError, compile_model
 from hf2mlc.compiler_pass import metal_kernel_names
 from hf2mlc.errors import UserError
-from hf2mlc.model.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.spec import TargetSpec, system_lib_prefix
 
 CONFIG = GPTNeoXConfig(

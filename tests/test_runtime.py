@@ -23,8 +23,8 @@ from hf2mlc.check import dequantized_reference
 from hf2mlc.compile import compile_model
 from hf2mlc.convert import convert_weights
 from hf2mlc.errors import UserError
-from hf2mlc.model.config import GPTNeoXConfig
-from hf2mlc.model.params import param_specs
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.params import param_specs
 from hf2mlc.quantization import get_quantization
 from hf2mlc.runtime import Engine
 from hf2mlc.spec import TargetSpec

@@ -58,6 +58,13 @@ def test_schema_and_wildcard_name_exactly_the_registered_quantizations() -> None
     assert QUANTIZATION_PATTERN.split("|") == list(QUANTIZATIONS)
 
 
+def test_schema_names_exactly_the_evaluation_texts() -> None:
+    from hf2mlc.evaluate import EVALUATION_TEXTS
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    assert schema["$defs"]["evaluation_text"]["enum"] == list(EVALUATION_TEXTS)
+
+
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
     work = copy_workflow(tmp_path / "wf")
     proc = snakemake(work, "--profile", "profiles/slurm", "--dry-run", "iphone_bundle")
@@ -95,13 +102,9 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, edit, needle: str) -> Non
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One full run of every stage: both bundles and the evaluations (the rebuild test runs a second)."""
-    work = copy_workflow(tmp_path_factory.mktemp("workflow") / "wf")
-    start = time.perf_counter()
-    snakemake(work, "--cores", "2", "all")
-    first_seconds = time.perf_counter() - start
-    return {"work": work, "first_seconds": first_seconds}
+def built(demo_workflow: dict) -> dict:
+    """One full run of every stage (tests/conftest.py; the rebuild test runs a second)."""
+    return demo_workflow
 
 
 def _assert_plan(work: Path, expected: set[str], *args: str) -> None:

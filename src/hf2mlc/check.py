@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import UserError
 from .evaluate import document_rows
-from .model.config import GPTNeoXConfig
+from .model.gpt_neox.config import GPTNeoXConfig
 
 #: Decode steps compared by the check (after a prefill of the rest of the prompt).
 CHECK_DECODE_STEPS = 4
@@ -110,13 +110,13 @@ def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_host_build(
-    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, *, max_rel_error: float
+    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, *, evaluation_text: str, max_rel_error: float
 ) -> dict[str, Any]:
     """Prefill + decode logits of the host library against the transformers reference; fail above the bound."""
     from .quantization import get_quantization
     from .runtime import Engine
 
-    _, rows = document_rows(model_dir, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
+    _, rows = document_rows(model_dir, evaluation_text, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
     ids = rows[0][0]
     if len(ids) <= CHECK_DECODE_STEPS + 1:
         raise UserError(f"{model_dir}: the evaluation text is too short for the build check.")

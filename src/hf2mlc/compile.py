@@ -45,8 +45,8 @@ from .compiler_pass import (
     unbound_kernels,
 )
 from .errors import UserError
-from .model.config import GPTNeoXConfig
-from .model.gpt_neox import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
+from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.model import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
 from .quantization import get_quantization
 from .spec import TARGETS, TargetSpec
 

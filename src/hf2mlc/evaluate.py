@@ -17,9 +17,12 @@ import numpy as np
 
 from .errors import UserError
 from .layout import EVALUATION_MARKDOWN, EVALUATION_REPORT
-from .model.config import GPTNeoXConfig
+from .model.gpt_neox.config import GPTNeoXConfig
 
 DATA = Path(__file__).with_name("data")
+#: The texts a model can be checked and evaluated on (config/config.yaml: ``evaluation_text``):
+#: the project's bundled Japanese sample, or the demo's own held-out chats (a file of its checkpoint).
+EVALUATION_TEXTS = ("eval_ja", "demo_heldout")
 
 
 # ---------------------------------------------------------------- text and tokens
@@ -41,22 +44,29 @@ def load_encoder(model_dir: Path) -> Callable[[str], list[int]]:
     raise UserError(f"{model_dir}: no spiece.model, tokenizer.model or tokenizer.json to tokenize the evaluation text with.")
 
 
-def document_rows(model_dir: Path, *, max_tokens: int, max_len: int) -> tuple[dict[str, str], list[tuple[list[int], list[int]]]]:
-    """Held-out text as (inputs, targets) rows — ``targets[t]`` is the token to predict after ``inputs[:t+1]`` —
-    until ``max_tokens`` targets are collected; rows are cut to ``max_len``.
+def document_rows(
+    model_dir: Path, text: str, *, max_tokens: int, max_len: int
+) -> tuple[dict[str, str], list[tuple[list[int], list[int]]]]:
+    """Held-out ``text`` (one of :data:`EVALUATION_TEXTS`) as (inputs, targets) rows — ``targets[t]`` is
+    the token to predict after ``inputs[:t+1]`` — until ``max_tokens`` targets are collected; rows are cut
+    to ``max_len``.
 
-    The demo's own ``heldout.txt`` is scored as its chats look to MLC's engine (the prompt encoded with
+    ``demo_heldout``, the demo's own ``heldout.txt``, is scored as its chats look to MLC's engine (the prompt encoded with
     nothing in front, ``</s>`` after each answer: :func:`hf2mlc.demo.chat_example`), the definition of its
-    model card's perplexity. Other models get the project's Japanese sample as plain documents: the text
-    encoded with nothing in front, each token predicting the next, ``</s>`` after the last.
+    model card's perplexity. ``eval_ja``, the project's Japanese sample, is scored as plain documents: the
+    text encoded with nothing in front, each token predicting the next, ``</s>`` after the last.
     """
+    if text not in EVALUATION_TEXTS:
+        raise UserError(f"evaluation_text {text!r} is not known; use one of {', '.join(EVALUATION_TEXTS)} (config/config.yaml).")
     config = GPTNeoXConfig.from_file(model_dir)
     eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
     if eos is None:
         raise UserError(f"{model_dir}/config.json: eos_token_id is not set; the evaluation ends documents with it.")
     encode = load_encoder(model_dir)
     heldout = model_dir / "heldout.txt"
-    if heldout.is_file():
+    if text == "demo_heldout":
+        if not heldout.is_file():
+            raise UserError(f"{heldout}: missing; evaluation_text demo_heldout is the demo's own held-out text.")
         from .demo import chat_example
         from .demo_corpus import read_dialogues
 
@@ -92,14 +102,21 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def evaluate_build(
-    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, out_dir: Path, *, max_tokens: int = 1024
+    model_dir: Path,
+    weights_dir: Path,
+    lib_path: Path,
+    quantization: str,
+    out_dir: Path,
+    *,
+    evaluation_text: str,
+    max_tokens: int = 1024,
 ) -> dict[str, Any]:
     """Perplexity / agreement / KL of the host build vs the original checkpoint; writes report.json + report.md."""
     from .check import original_reference, transformers_logits
     from .runtime import Engine
 
     engine = Engine(lib_path, weights_dir)
-    info, docs = document_rows(model_dir, max_tokens=max_tokens, max_len=engine.context_window_size)
+    info, docs = document_rows(model_dir, evaluation_text, max_tokens=max_tokens, max_len=engine.context_window_size)
     ours = []
     for inputs, _ in docs:
         engine.reset()

@@ -34,7 +34,7 @@ from typing import Any
 from . import layout
 from .card import model_card
 from .errors import UserError
-from .model.config import GPTNeoXConfig
+from .model.gpt_neox.config import GPTNeoXConfig
 from .spec import PackageSpec
 from .tensor_cache import CACHE_JSON, check_library_params
 

@@ -95,7 +95,7 @@ def compile(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     """The model library for one target, with lib-info.json: its files and its own metadata. No weights:
     the library takes them at run time, so it depends only on the model's config.json and the spec."""
     from .compile import compile_model
-    from .model.config import GPTNeoXConfig
+    from .model.gpt_neox.config import GPTNeoXConfig
 
     config = GPTNeoXConfig.from_file(Path(model_dir))
     watch = Stopwatch()
@@ -121,6 +121,7 @@ def check(
     compile_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     quantization: str,
+    evaluation_text: str,
     max_logit_rel_error: float,
 ) -> None:
     """The host library run against transformers on its own weights: check.json, or a clear failure."""
@@ -130,7 +131,8 @@ def check(
     watch = Stopwatch()
     with watch("check"):
         report = check_host_build(
-            Path(model_dir), Path(weights_dir), lib, quantization, max_rel_error=max_logit_rel_error
+            Path(model_dir), Path(weights_dir), lib, quantization,
+            evaluation_text=evaluation_text, max_rel_error=max_logit_rel_error,
         )
     with atomic_output_dir(out_dir) as tmp:
         write_json(tmp / layout.CHECK_REPORT, report)
@@ -138,7 +140,11 @@ def check(
             tmp,
             stage="check",
             inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir},
-            params={"quantization": quantization, "max_logit_rel_error": max_logit_rel_error},
+            params={
+                "quantization": quantization,
+                "evaluation_text": evaluation_text,
+                "max_logit_rel_error": max_logit_rel_error,
+            },
             timings=watch.timings,
         )
 
@@ -177,6 +183,7 @@ def evaluate(
     check_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     quantization: str,
+    evaluation_text: str,
 ) -> None:
     """Perplexity, agreement and KL of the (checked) host build against transformers on held-out text."""
     from .evaluate import evaluate_build
@@ -185,12 +192,12 @@ def evaluate(
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
-            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, tmp)
+            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, tmp, evaluation_text=evaluation_text)
         write_manifest(
             tmp,
             stage="evaluate",
             inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir, "check": check_dir},
-            params={"quantization": quantization},
+            params={"quantization": quantization, "evaluation_text": evaluation_text},
             timings=watch.timings,
         )
 
