@@ -55,8 +55,8 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
 
 #: The log line that lists the hf2mlc modules a job loaded.
 LOADED_MODULES_LINE = "hf2mlc modules loaded: "
-#: Params that are for Snakemake's rerun decisions only, not stage arguments.
-WORKFLOW_ONLY_PARAMS = ("code",)
+#: Params and inputs that are for Snakemake only (rerun decisions, job order), not stage arguments.
+WORKFLOW_ONLY = ("code", "gate")
 
 
 def stage_arguments(stage: Callable[..., Any], snakemake: Any) -> dict[str, Any]:
@@ -65,7 +65,7 @@ def stage_arguments(stage: Callable[..., Any], snakemake: Any) -> dict[str, Any]
     accepted = inspect.signature(stage).parameters
     kwargs: dict[str, Any] = {}
     for name, value in [*snakemake.input.items(), *snakemake.output.items(), *snakemake.params.items()]:
-        if name in WORKFLOW_ONLY_PARAMS:
+        if name in WORKFLOW_ONLY:
             continue
         if name not in accepted:
             raise TypeError(f"rule {snakemake.rule}: {name!r} is not an argument of hf2mlc.stages.{stage.__name__}")
