@@ -72,14 +72,8 @@ class _Builds:
             weights = self.root / f"w-{name}"
             convert_weights(model_dir, weights, quantization, ffn_out_dtype=ffn_out_dtype, progress=False)
             config = GPTNeoXConfig.from_file(model_dir)
-            spec = TargetSpec.create(
-                target="host",
-                quantization=quantization,
-                lib_name=name,
-                context_window_size=CONTEXT,
-                prefill_chunk_size=CHUNK,
-                ffn_out_dtype=ffn_out_dtype,
-            )
+            spec = TargetSpec.create(target="host", quantization=quantization, lib_name=name,
+                                     context_window_size=CONTEXT, prefill_chunk_size=CHUNK, ffn_out_dtype=ffn_out_dtype)
             info = compile_model(config, spec, self.root / "libs", progress=False)
             self._built[key] = (model_dir, weights, self.root / "libs" / info["files"][0], config)
         return self._built[key]

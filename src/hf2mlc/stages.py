@@ -22,9 +22,11 @@ from .manifest import Stopwatch, atomic_output_dir, read_manifest, write_json, w
 from .spec import PackageSpec, TargetSpec, WeightSpec
 
 log = logging.getLogger(__name__)
+#: A path argument, as Snakemake (str) or a caller (Path) gives it.
+StrPath = str | os.PathLike[str]
 
 
-def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str] = ".") -> None:
+def download(*, source: str, out_dir: StrPath, base_dir: StrPath = ".") -> None:
     """The model as a Hugging Face directory with a manifest: from the Hub, a local directory, or the demo."""
     from . import hub
 
@@ -49,7 +51,7 @@ def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os
         )
 
 
-def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def patch(*, model_dir: StrPath, family_file: StrPath, out_dir: StrPath) -> None:
     """Validate the family's conversation template against the model's tokenizer and emit MLC's object."""
     from . import families
 
@@ -71,7 +73,7 @@ def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[s
         )
 
 
-def convert(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], spec: WeightSpec) -> None:
+def convert(*, model_dir: StrPath, out_dir: StrPath, spec: WeightSpec) -> None:
     """Quantized, sharded weights in MLC's tensor-cache format."""
     from .convert import convert_weights
 
@@ -91,7 +93,7 @@ def convert(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         )
 
 
-def compile(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], spec: TargetSpec) -> None:
+def compile(*, model_dir: StrPath, out_dir: StrPath, spec: TargetSpec) -> None:
     """The model library for one target, with lib-info.json: its files and its own metadata. No weights:
     the library takes them at run time, so it depends only on the model's config.json and the spec."""
     from .compile import compile_model
@@ -115,14 +117,8 @@ def compile(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
 
 def check(
-    *,
-    model_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    compile_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    quantization: str,
-    evaluation_text: str,
-    max_logit_rel_error: float,
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, out_dir: StrPath,
+    quantization: str, evaluation_text: str, max_logit_rel_error: float,
 ) -> None:
     """The host library run against transformers on its own weights: check.json, or a clear failure."""
     from .check import check_host_build
@@ -149,7 +145,7 @@ def check(
         )
 
 
-def host_library(compile_dir: str | os.PathLike[str]) -> Path:
+def host_library(compile_dir: StrPath) -> Path:
     """The host library (.so) a compile output holds, as its lib-info.json lists it."""
     info = json.loads((Path(compile_dir) / layout.LIB_INFO).read_text(encoding="utf-8"))
     libs = [name for name in info["files"] if name.endswith(".so")]
@@ -158,7 +154,7 @@ def host_library(compile_dir: str | os.PathLike[str]) -> Path:
     return Path(compile_dir) / libs[0]
 
 
-def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def tokenizer(*, model_dir: StrPath, out_dir: StrPath) -> None:
     """tokenizer.json from spiece.model, with a 100 % parity report against SentencePiece."""
     from .tokenizer import build_tokenizer
 
@@ -176,14 +172,8 @@ def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
 
 
 def evaluate(
-    *,
-    model_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    compile_dir: str | os.PathLike[str],
-    check_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    quantization: str,
-    evaluation_text: str,
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, check_dir: StrPath, out_dir: StrPath,
+    quantization: str, evaluation_text: str,
 ) -> None:
     """Perplexity, agreement and KL of the (checked) host build against transformers on held-out text."""
     from .evaluate import evaluate_build
@@ -203,16 +193,8 @@ def evaluate(
 
 
 def package(
-    *,
-    model_dir: str | os.PathLike[str],
-    patch_dir: str | os.PathLike[str],
-    tokenizer_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    compile_dir: str | os.PathLike[str],
-    evaluate_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    spec: PackageSpec,
-    versions_log: str | os.PathLike[str] | None = None,
+    *, model_dir: StrPath, patch_dir: StrPath, tokenizer_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath,
+    evaluate_dir: StrPath, out_dir: StrPath, spec: PackageSpec, versions_log: StrPath | None = None,
 ) -> None:
     """The bundle in MLC LLM's layout, with its model card; records its version in results/versions.jsonl."""
     from .package import PackageInputs, make_package, record_version
