@@ -23,6 +23,7 @@ from hf2mlc.compile import BuildError, compile_model
 from hf2mlc.compiler_pass import metal_kernel_names
 from hf2mlc.errors import UserError
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.quantization import get_quantization
 from hf2mlc.spec import TargetSpec, system_lib_prefix
 
 CONFIG = GPTNeoXConfig(
@@ -182,8 +183,9 @@ def test_host_build_schedules_every_matmul(quantization):
     from hf2mlc.compile import _lower, export_model, make_target
 
     target = make_target("host")
-    mod, metadata = export_model(CONFIG, quantization, target=target, **KW)
-    lowered, _ = _lower(mod, target, metadata, {"seq_len": 16, "total_seq_len": 64, "batch_size": 1}, CONFIG, quantization)
+    q = get_quantization(quantization)
+    mod, metadata = export_model(CONFIG, q, target=target, **KW)
+    lowered, _ = _lower(mod, target, metadata, {"seq_len": 16, "total_seq_len": 64, "batch_size": 1}, CONFIG, q)
     matmuls = {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in g.name_hint}
     assert len(matmuls) >= 10
     unscheduled = [name for name, f in matmuls.items() if not f.attrs.get("tirx.is_scheduled", False)]

@@ -47,7 +47,7 @@ from .compiler_pass import (
 from .errors import UserError
 from .model.gpt_neox.config import GPTNeoXConfig
 from .model.gpt_neox.model import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
-from .quantization import get_quantization
+from .quantization import Quantization
 from .spec import TARGETS, TargetSpec
 
 
@@ -155,7 +155,7 @@ def _archive_from_tar(tar_path: Path, archive: Path) -> None:
 
 def export_model(
     config: GPTNeoXConfig,
-    quantization: str,
+    quantization: Quantization,
     *,
     ffn_out_dtype: str = "float32",
     context_window_size: int,
@@ -164,7 +164,7 @@ def export_model(
     target: Target,
 ) -> tuple[tvm.IRModule, dict[str, Any]]:
     """The model as a Relax IRModule (before the pipeline) and the metadata the library will carry."""
-    model = GPTNeoXForCausalLM(config, get_quantization(quantization), ffn_out_dtype=ffn_out_dtype)
+    model = GPTNeoXForCausalLM(config, quantization, ffn_out_dtype=ffn_out_dtype)
     with target:
         mod, named_params, _ext = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
     metadata = model.metadata(
@@ -177,7 +177,8 @@ def export_model(
 
 
 def _lower(
-    mod: tvm.IRModule, target: Target, metadata: dict[str, Any], bounds: dict[str, int], config: GPTNeoXConfig, quantization: str
+    mod: tvm.IRModule, target: Target, metadata: dict[str, Any], bounds: dict[str, int], config: GPTNeoXConfig,
+    quantization: Quantization,
 ) -> tuple[tvm.IRModule, dict[str, int]]:
     """Run the model pipeline; on a GPU target, refuse kernels that got no GPU threads."""
     pipeline = model_pipeline(
@@ -185,7 +186,7 @@ def _lower(
         metadata=metadata,
         variable_bounds=bounds,
         hidden_size=config.hidden_size,
-        dtype=get_quantization(quantization).model_dtype,
+        dtype=quantization.model_dtype,
     )
     with tvm.transform.PassContext(opt_level=3):
         lowered = pipeline(mod)
@@ -247,7 +248,7 @@ def compile_model(config: GPTNeoXConfig, spec: TargetSpec, out_dir: Path, *, pro
     JSON as a dict: context window, prefill chunk, parameters …), ``tvm_version`` and ``seconds``.
     """
     start = time.perf_counter()
-    target, lib_name, quantization = spec.target, spec.lib_name, spec.quantization.name
+    target, lib_name, quantization = spec.target, spec.lib_name, spec.quantization
     tvm_target = make_target(target)
     prefix = spec.system_lib_prefix
     with tqdm(total=4, desc=f"compile {lib_name} ({target})", unit="step", file=sys.stderr, disable=not progress) as steps:
