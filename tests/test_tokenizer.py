@@ -518,11 +518,8 @@ def test_normalizer_sweep_finds_no_difference(line_like: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_demo_model(tmp_path: Path) -> None:
-    demo = pytest.importorskip("hf2mlc.demo")
-    model_dir = tmp_path / "demo"
-    demo.make_demo_model(model_dir)
-    report = stage.build_tokenizer(model_dir, tmp_path / "tokenizer", sweep=True)
+def test_demo_model(demo_model: Path, tmp_path: Path) -> None:
+    report = stage.build_tokenizer(demo_model, tmp_path / "tokenizer", sweep=True)
     assert report["parity"] == 1.0 and report["tokenizer_json_alternative"]["parity"] == 1.0
     assert report["tokenizer"]["special_tokens"]["eos_token"] == {"content": "</s>", "id": 2, "kind": "control"}
     assert report["tokenizer_json_alternative"]["normalizer"]["sweep"]["code_points"]["differ"] == 0

@@ -6,8 +6,6 @@ TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_MODEL = "tokenizer.model"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-PARITY_REPORT = "parity-report.json"
-DEFAULT_CASES = "tokenizer_cases_ja.txt"
 
 #: Files MLC's ``gen_config`` copies next to the weights, in the order it looks for them.
 MLC_TOKENIZER_FILES = (

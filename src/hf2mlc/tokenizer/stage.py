@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..layout import PARITY_REPORT
 from ..manifest import write_json
 from . import hf_json
 from .bundle import bundle_tokenizer, load_sentencepiece, model_tokenizer_file
 from .cases import Case, default_cases_path, load_cases
 from .convert import convert_sentencepiece, tokenizer_config
 from .mlc import mlc_tokenizer_fields
-from .names import PARITY_REPORT, SPIECE_NAME, TOKENIZER_CONFIG, TOKENIZER_JSON, TOKENIZER_MODEL
+from .names import SPIECE_NAME, TOKENIZER_CONFIG, TOKENIZER_JSON, TOKENIZER_MODEL
 from .normalizer import NormalizerPlan
 from .parity import check_parity, check_shipped, normalizer_sweep, transformers_slow_tokenizer
 from .proto import BYTE, USER_DEFINED, SentencePieceModel, read_sentencepiece
