@@ -190,10 +190,12 @@ WEIGHT_PATH = {  # every job that reads converted weights, and what follows them
         # The stage's own module: only the tokenizer stage (and the bundles) import it.
         ("src/hf2mlc/tokenizer/stage.py", {f"tokenizer[{DEMO}]", *PACKAGES}),
         # How a bundle's tokenizer reads text: the tokenizer stage, patch (families check templates with
-        # it), check and evaluate (they tokenize the evaluation text with it), and the bundles.
+        # it), check and evaluate (they tokenize the evaluation text with it), the iPhone compile (it waits
+        # on the check), and the bundles.
         ("src/hf2mlc/tokenizer/bundle.py", {f"tokenizer[{DEMO}]", f"patch[{DEMO}]", f"check[{DEMO},quant=q0f16]",
                                             f"check[{DEMO},quant=q4f16_0]", f"evaluate[{DEMO},quant=q0f16]",
-                                            f"evaluate[{DEMO},quant=q4f16_0]", *PACKAGES}),
+                                            f"evaluate[{DEMO},quant=q4f16_0]",
+                                            f"compile[{DEMO},target=iphone,quant=q4f16_0]", *PACKAGES}),
         # A deep module: the packers, imported by convert and (dequantizing) by check, which evaluate
         # imports; not by compile, which takes no weights, nor by download, patch, tokenizer or package.
         ("src/hf2mlc/quantization/group.py", WEIGHT_PATH),
