@@ -6,7 +6,7 @@ rule download:
         directory(download_dir("{model}")),
     params:
         source=lambda wildcards: MODELS[wildcards.model]["source"],
-        code=code_version("hub", "demo.py", "demo_corpus.py"),
+        code=code_version("hub", "sources", "demo.py", "demo_corpus.py"),
     log:
         "results/logs/download/{model}.log",
     benchmark:

@@ -23,8 +23,9 @@ from huggingface_hub import constants
 from huggingface_hub.utils._http import default_client_factory, set_client_factory
 
 from hf2mlc.errors import UserError
-from hf2mlc.hub import download, parse_source, resolve_token, select_build_files, upload
-from hf2mlc.hub import fetch as download_module
+from hf2mlc.hub import resolve_token, upload
+from hf2mlc.sources import download, parse_source, select_build_files
+from hf2mlc.sources import fetch as download_module
 from hf2mlc.hub.digests import git_blob_sha1
 from hf2mlc.manifest import read_manifest, write_manifest
 from hub_server import FAKE_TOKEN, FakeHub

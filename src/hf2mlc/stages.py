@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str] = ".") -> None:
     """The model as a Hugging Face directory with a manifest: from the Hub, a local directory, or the demo."""
-    from . import hub
+    from . import sources
 
-    parsed = hub.parse_source(source, base_dir=Path(base_dir))
+    parsed = sources.parse_source(source, base_dir=Path(base_dir))
     if parsed.kind != "demo":
-        hub.download(parsed, Path(out_dir))
+        sources.download(parsed, Path(out_dir))
         return
     from .demo import make_demo_model
 
