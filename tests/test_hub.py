@@ -27,7 +27,7 @@ from hf2mlc.hub import resolve_token, upload
 from hf2mlc.sources import download, parse_source, select_build_files
 from hf2mlc.sources import fetch as download_module
 from hf2mlc.hub.digests import git_blob_sha1
-from hf2mlc.manifest import read_manifest, write_manifest
+from hf2mlc.manifest import read_manifest, verify_inputs, write_manifest
 from hub_server import FAKE_TOKEN, FakeHub
 
 REPO = "line-corp/tiny-neox"
@@ -436,6 +436,50 @@ def test_local_directory_gets_the_same_layout_and_manifest(tmp_path):
         assert manifest["files"][name]["sha256"] == sha(files[name])
         assert (out / name).stat().st_nlink == 1  # a copy: editing the user's directory cannot change it
     assert manifest["source"] == {"kind": "local", "uri": str(src.resolve()), "path": str(src.resolve())}
+
+
+def test_download_shares_no_inode_with_the_cache_so_a_flipped_byte_stays_where_it_was_made(hub, tmp_path):
+    files = model_files()
+    hub.add_repo(REPO, files)
+    out, cache = tmp_path / "results" / "download" / "m", tmp_path / "cache"
+    download(parse_source(f"hf://{REPO}"), out, cache_dir=cache)
+    blob = (cache / f"models--{REPO.replace('/', '--')}" / "blobs" / sha(files["model.safetensors"]))
+    assert blob.is_file() and blob.stat().st_ino != (out / "model.safetensors").stat().st_ino
+    assert (out / "model.safetensors").stat().st_nlink == 1
+    with open(blob, "r+b") as handle:  # the cache is tampered with: results/ keeps the verified bytes
+        handle.seek(100)
+        handle.write(bytes([files["model.safetensors"][100] ^ 1]))
+    assert (out / "model.safetensors").read_bytes() == files["model.safetensors"]
+    verify_inputs(out)
+    flipped = bytearray(files["model.safetensors"])
+    flipped[200] ^= 1
+    (out / "model.safetensors").write_bytes(bytes(flipped))  # results/ is tampered with: the next stage refuses
+    with pytest.raises(UserError) as info:
+        verify_inputs(out)
+    assert str(info.value).count("\n") == 0 and sha(bytes(flipped)) in str(info.value)
+    assert sha(files["model.safetensors"]) in str(info.value) and "--forcerun download" in str(info.value)
+
+
+def test_local_source_symlink_pointing_outside_is_refused(tmp_path):
+    src = tmp_path / "my-model"
+    src.mkdir()
+    for name, content in model_files().items():
+        if "/" not in name:
+            (src / name).write_bytes(content)
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0\n")
+    (src / "LICENSE").unlink()
+    (src / "LICENSE").symlink_to(secret)
+    with pytest.raises(UserError, match=r"LICENSE is a symlink to .*outside the source directory"):
+        download(parse_source(str(src)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (src / "LICENSE").unlink()
+    (src / "weights").mkdir()
+    (src / "model.safetensors").rename(src / "weights" / "model.safetensors")
+    (src / "model.safetensors").symlink_to("weights/model.safetensors")  # inside the source: fine
+    manifest = download(parse_source(str(src)), tmp_path / "out")
+    assert manifest["files"]["model.safetensors"]["sha256"] == sha(model_files()["model.safetensors"])
 
 
 def test_shard_index_naming_a_missing_shard_is_an_error(tmp_path):
