@@ -587,6 +587,62 @@ def test_upload_of_a_hub_layout_folder_with_an_explicit_version_id(hub, tmp_path
         upload(folder, repo_id="tester/tiny-MLC", private=False, enabled=False, version_id="bad tag")
 
 
+def test_stale_file_of_the_previous_version_is_deleted_in_the_same_commit(hub, tmp_path):
+    first = make_package(tmp_path / "v1")
+    (tmp_path / "v1" / "params_shard_1.bin").write_bytes(rnd(9_000, 21))
+    first = write_manifest(tmp_path / "v1", stage="package")
+    upload(tmp_path / "v1", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    second = make_package(tmp_path / "v2", shard=rnd(50_000, 22))  # one shard fewer
+    commits = len(hub.repos["tester/tiny-MLC"].commits)
+    record = upload(tmp_path / "v2", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert len(hub.repos["tester/tiny-MLC"].commits) == commits + 1
+    assert record["deleted"] == ["params_shard_1.bin"] and record["verified"] is True
+    published = hub.files_at("tester/tiny-MLC", second["version_id"])
+    local = {p.name: p.read_bytes() for p in (tmp_path / "v2").iterdir()}
+    assert {k: v for k, v in published.items() if k != ".gitattributes"} == local
+    assert hub.files_at("tester/tiny-MLC", first["version_id"])["params_shard_1.bin"] == rnd(9_000, 21)
+
+
+def test_tag_failure_after_the_commit_is_completed_on_rerun_and_not_reported_as_uploaded(hub, tmp_path):
+    manifest = make_package(tmp_path / "pkg")
+    hub.fail("POST", r"/tag/", status=500)
+    with pytest.raises(UserError, match="HTTP 500"):
+        upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    repo = hub.repos["tester/tiny-MLC"]
+    assert repo.tags == {} and hub.files_at("tester/tiny-MLC")["params_shard_0.bin"] == rnd(50_000, 9)
+    commits, seen = len(repo.commits), len(hub.requests)
+    record = upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert record["uploaded"] is False and record["sent"] == [] and "stopped before tagging" in record["message"]
+    assert len(repo.commits) == commits and repo.tags == {manifest["version_id"]: repo.branches["main"]}
+    assert hub.requests_matching("POST", "/commit/")[-1] not in hub.requests[seen:]
+
+
+def test_commit_failure_after_the_repo_was_created_is_completed_on_rerun(hub, tmp_path):
+    manifest = make_package(tmp_path / "pkg")
+    hub.fail("POST", r"/commit/", status=500)
+    with pytest.raises(UserError, match="HTTP 500"):
+        upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert "tester/tiny-MLC" in hub.repos and hub.repos["tester/tiny-MLC"].tags == {}
+    record = upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert record["uploaded"] is True and sorted(record["sent"]) == sorted([*manifest["files"], "manifest.json"])
+    assert hub.files_at("tester/tiny-MLC", manifest["version_id"])["params_shard_0.bin"] == rnd(50_000, 9)
+
+
+def test_upload_verification_catches_a_hub_that_holds_other_files_after_tagging(hub, tmp_path, monkeypatch):
+    make_package(tmp_path / "pkg")
+    import hub_server
+
+    real = hub_server._Handler._create_tag
+
+    def tag_then_lose_a_file(self, repo, revision, payload):
+        real(self, repo, revision, payload)
+        repo.commits[repo.tags[payload["tag"]]].files.pop("tensor-cache.json")
+
+    monkeypatch.setattr(hub_server._Handler, "_create_tag", tag_then_lose_a_file)
+    with pytest.raises(UserError, match=r"does not hold exactly the bundle \(missing on the Hub: tensor-cache.json\)"):
+        upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+
+
 def test_upload_refuses_a_tag_with_other_content(hub, tmp_path):
     manifest = make_package(tmp_path / "pkg")
     hub.add_repo("tester/tiny-MLC", {"params_shard_0.bin": b"something else"})
