@@ -721,3 +721,24 @@ def test_the_token_never_leaks(hub, tmp_path, monkeypatch, capfd, caplog):
     for text in (captured.out, captured.err, caplog.text, *errors, json.dumps(records)):
         assert FAKE_TOKEN not in text and FAKE_TOKEN[3:15] not in text
     assert caplog.records  # the logs were really captured
+
+
+def test_credentials_in_hf_endpoint_are_redacted_and_the_error_does_not_blame_the_token(hub, tmp_path, monkeypatch,
+                                                                                        capfd, caplog):
+    caplog.set_level(logging.DEBUG)
+    hub.add_repo(REPO, model_files())
+    password = "pw-" + "x7Qz9" * 3
+    monkeypatch.setenv("HF_ENDPOINT", hub.url.replace("http://", f"http://alice:{password}@"))
+    with pytest.raises(UserError) as info:  # the fake Hub, like the real one, knows no basic auth
+        download(parse_source(f"hf://{REPO}"), tmp_path / "results" / "download", cache_dir=tmp_path / "cache",
+                 token=FAKE_TOKEN)
+    message = str(info.value)
+    assert "HF_ENDPOINT carries a user name and password" in message and "rejected the token" not in message
+    make_package(tmp_path / "results" / "package")
+    record = upload(tmp_path / "results" / "package", repo_id="tester/tiny-MLC", private=True, enabled=False)
+    (tmp_path / "results" / "upload.json").write_text(json.dumps(record))
+    assert "HTTP Request: GET http://***@127.0.0.1" in caplog.text  # the client's INFO line, masked
+    captured = capfd.readouterr()
+    for text in (message, caplog.text, captured.out, captured.err, json.dumps(record)):
+        assert password not in text and "alice" not in text
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()] == []
