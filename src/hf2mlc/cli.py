@@ -146,8 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UserError as err:
-        print(f"hf2mlc: {err}", file=sys.stderr)
+    except (UserError, OSError) as err:
+        from .faults import as_user_error
+
+        user = as_user_error(err, output=getattr(args, "out_dir", None))
+        if user is None:
+            raise
+        print(f"hf2mlc: {user}", file=sys.stderr)
         return 2
 
 

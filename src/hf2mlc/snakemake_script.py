@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import UserError
+from .faults import as_user_error
 
 
 def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> None:
@@ -27,9 +28,16 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
         os.environ[name] = str(snakemake.threads)
     log_path = snakemake.log[0]
     terminal = sys.__stderr__
-    with open(log_path, "w", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(
-        log
-    ), contextlib.redirect_stderr(log):
+    output = snakemake.output[0] if len(snakemake.output) else None
+    try:
+        log_file = open(log_path, "w", encoding="utf-8", buffering=1)
+    except OSError as err:  # a read-only or full results/ already stops the log
+        user = as_user_error(err, output=output)
+        if user is None:
+            raise
+        print(f"hf2mlc: rule {snakemake.rule}: {user}", file=terminal)
+        sys.exit(1)
+    with log_file as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         handler = logging.StreamHandler(log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         # Warnings (a deprecated family, a missing optional tool) also reach the terminal, not only the log.
@@ -41,8 +49,11 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
         root.setLevel(logging.INFO)
         try:
             stage(**kwargs)
-        except UserError as err:
-            message = f"hf2mlc: rule {snakemake.rule}: {err}"
+        except (UserError, OSError) as err:
+            user = as_user_error(err, output=output)
+            if user is None:
+                raise
+            message = f"hf2mlc: rule {snakemake.rule}: {user}"
             print(message, file=log)
             print(message, file=terminal)
             sys.exit(1)
