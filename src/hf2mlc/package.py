@@ -286,6 +286,8 @@ def hub_folder(package: Path) -> Iterator[Path]:
     mlc-chat-config.json; the card is README.md; the libraries go under lib/; the bundle's manifest rides
     along as hf2mlc-manifest.json for provenance.
     """
+    if not (package / "bundle").is_dir():
+        raise UserError(f"{package}: no bundle/ directory; rerun with `snakemake --forcerun package`.")
     model_dirs = [p for p in (package / "bundle").iterdir() if p.is_dir()]
     if len(model_dirs) != 1:
         raise UserError(f"{package}/bundle: expected one model directory, found {len(model_dirs)}; rerun the package stage.")
