@@ -14,6 +14,7 @@ ended it at 23 GB, with no message at all.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from huggingface_hub.utils import validate_repo_id
 
 from .errors import UserError
 from .model.config import GPTNeoXConfig
+
+log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 #: Bytes per parameter of the stages that hold a float32 transformers model (4) next to the engine's
@@ -131,29 +134,40 @@ def stage_peak_bytes(params: int, largest_tensor: int) -> dict[str, int]:
     }
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable plus free swap from /proc/meminfo (Linux); ``None`` where that cannot be read."""
+def machine_memory_bytes() -> tuple[int, int] | None:
+    """(total, available) memory plus swap from /proc/meminfo (Linux); ``None`` where it cannot be read."""
     try:
-        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-        return (int(fields["MemAvailable"].split()[0]) + int(fields.get("SwapFree", "0 kB").split()[0])) * 1024
-    except (OSError, KeyError, ValueError):
+        fields = {
+            key: int(value.split()[0]) * 1024
+            for key, value in (line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        }
+        return (fields["MemTotal"] + fields.get("SwapTotal", 0), fields["MemAvailable"] + fields.get("SwapFree", 0))
+    except (OSError, KeyError, ValueError, IndexError):
         return None
 
 
 def check_memory(params: int, largest_tensor: int, *, where: str, stages: Iterable[str] | None = None,
-                 available: int | None = None) -> None:
-    available = available_memory_bytes() if available is None else available
-    if available is None:
+                 memory: tuple[int, int] | None = None) -> None:
+    """Refuse a stage whose estimated peak exceeds the machine's memory; warn when it exceeds what is free.
+
+    The estimate is an upper bound (it assumes the float32 reference is held whole), so only a model that
+    cannot fit this machine at all is refused; one that needs memory now in use by others is a warning.
+    """
+    memory = machine_memory_bytes() if memory is None else memory
+    if memory is None:
         return
+    total, available = memory
     for stage, need in stage_peak_bytes(params, largest_tensor).items():
         if stages is not None and stage not in stages:
             continue
-        if need > available:
+        if need > total:
             raise UserError(
                 f"{where}: stage {stage} needs about {need / GiB:.1f} GiB for {params:,} parameters, but this machine "
-                f"has {available / GiB:.1f} GiB available (memory + swap); run it on a machine with more memory or "
-                "free memory first."
+                f"has {total / GiB:.1f} GiB of memory and swap; run it on a machine with more memory."
             )
+        if need > available:
+            log.warning("%s: stage %s needs about %.1f GiB, but only %.1f GiB are free now; it may be killed for "
+                        "memory if other programs keep theirs", where, stage, need / GiB, available / GiB)
 
 
 def check_model_dir(model_dir: Path, *, where: str, stages: Iterable[str] | None = None) -> GPTNeoXConfig:
