@@ -37,7 +37,7 @@ def snakemake_deletes_output(package: Path) -> None:
 def test_a_failed_rerun_never_loses_a_stored_version_and_restore_puts_it_back(tmp_path):
     results = tmp_path / "results"
     package, first = make_package(results, b"v1" * 5000)
-    stored = store(package, results=results, model="demo", device="iphone", settings=SETTINGS)
+    stored = store(package, versions_log=results / "versions.jsonl", model="demo", device="iphone", settings=SETTINGS)
     assert stored == results / "versions" / "demo" / "iphone" / first["version_id"]
     shard = stored / "bundle" / "demo-q4f16_0-MLC" / "params_shard_0.bin"
     # hard links: the stored version costs no space
@@ -66,7 +66,7 @@ def test_every_version_is_listed_and_a_repeat_is_stored_once(tmp_path, capsys):
     ids = []
     for shard in (b"a" * 100, b"b" * 100, b"a" * 100):
         package, manifest = make_package(results, shard)
-        store(package, results=results, model="demo", device="iphone", settings=SETTINGS)
+        store(package, versions_log=results / "versions.jsonl", model="demo", device="iphone", settings=SETTINGS)
         ids.append(manifest["version_id"])
     assert ids[0] == ids[2] != ids[1]
     lines = [json.loads(line) for line in (results / "versions.jsonl").read_text().splitlines()]
@@ -84,7 +84,7 @@ def test_every_version_is_listed_and_a_repeat_is_stored_once(tmp_path, capsys):
 def test_restore_refuses_a_damaged_or_unknown_version(tmp_path, capsys):
     results = tmp_path / "results"
     package, manifest = make_package(results, b"good" * 100)
-    stored = store(package, results=results, model="demo", device="iphone", settings=SETTINGS)
+    stored = store(package, versions_log=results / "versions.jsonl", model="demo", device="iphone", settings=SETTINGS)
     assert main(["restore", "ffffffff", "--results", str(results)]) == 2
     assert "no stored version 'ffffffff'" in capsys.readouterr().err
     # the shared inode edited in place (through the package): the store notices, nothing is restored

@@ -15,6 +15,7 @@ import datetime
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ def version_dir(results: Path, model: str, device: str, version_id: str) -> Path
     return Path(results) / VERSIONS_DIR / model / device / version_id
 
 
-def store(package_dir: Path, *, results: Path, model: str, device: str, settings: dict[str, Any]) -> Path:
-    """Link a finished package into the store and append its line to versions.jsonl; return its directory.
+def store(
+    package_dir: Path, *, versions_log: Path, model: str, device: str, settings: Mapping[str, Any]
+) -> Path:
+    """Link a finished package into the store beside ``versions_log`` and append its line; return its directory.
 
     A version already stored (same files, so the same id) is kept as it is: its files are the same bytes.
     """
-    package_dir, results = Path(package_dir), Path(results)
+    package_dir, results = Path(package_dir), Path(versions_log).parent
     manifest = read_manifest(package_dir)
     version = str(manifest["version_id"])
     target = version_dir(results, model, device, version)
@@ -52,9 +55,7 @@ def store(package_dir: Path, *, results: Path, model: str, device: str, settings
         "path": target.relative_to(results).as_posix(),
         "produced_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    log_path = results / VERSIONS_LOG
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as handle:
+    with open(versions_log, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
     return target
 
