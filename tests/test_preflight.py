@@ -17,6 +17,7 @@ from hf2mlc.errors import UserError
 from hf2mlc.families import load_family
 from hf2mlc.model.config import GPTNeoXConfig
 from hf2mlc.preflight import GiB, check_checkpoint, check_memory, check_model_dir, check_workflow
+from test_convert import _hf_state
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {
@@ -29,24 +30,15 @@ CONFIG = {
 
 def write_checkpoint(directory: Path, config: dict, *, layers: int = 2, tied: bool = False) -> int:
     """A GPT-NeoX checkpoint with Hugging Face's tensor names; returns its parameter count (numpy's)."""
-    h, i, v = CONFIG["hidden_size"], CONFIG["intermediate_size"], CONFIG["vocab_size"]
-    shapes = {"gpt_neox.embed_in.weight": (v, h), "gpt_neox.final_layer_norm.weight": (h,),
-              "gpt_neox.final_layer_norm.bias": (h,)}
-    if not tied:
-        shapes["embed_out.weight"] = (v, h)
-    for n in range(layers):
-        p = f"gpt_neox.layers.{n}"
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            shapes[f"{p}.{norm}.weight"] = shapes[f"{p}.{norm}.bias"] = (h,)
-        for name, rows, cols in (("attention.query_key_value", 3 * h, h), ("attention.dense", h, h),
-                                 ("mlp.dense_h_to_4h", i, h), ("mlp.dense_4h_to_h", h, i)):
-            shapes[f"{p}.{name}.weight"], shapes[f"{p}.{name}.bias"] = (rows, cols), (rows,)
-        shapes[f"{p}.attention.bias"] = (1, 1, 8, 8)  # the causal-mask buffer older checkpoints carry
-    tensors = {name: np.zeros(shape, dtype=np.float16) for name, shape in shapes.items()}
+    sizes = {k: CONFIG[k] for k in ("hidden_size", "intermediate_size", "vocab_size")}
+    tensors = _hf_state({**sizes, "num_hidden_layers": layers}, tied, seed=0)
+    count = sum(t.size for t in tensors.values())
+    for n in range(layers):  # the causal-mask buffer older checkpoints carry: not a parameter
+        tensors[f"gpt_neox.layers.{n}.attention.bias"] = np.ones((1, 1, 8, 8), dtype=np.float16)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(config))
-    return sum(t.size for name, t in tensors.items() if not name.endswith("attention.bias"))
+    return count
 
 
 @pytest.mark.parametrize(
