@@ -94,6 +94,17 @@ def test_immutable_results_is_one_line(tmp_path, capfd):
         subprocess.run(["chattr", "-i", str(results)], check=True)
 
 
+def test_immutable_or_read_only_results_is_refused_before_any_job(tmp_path, small_fs):
+    from hf2mlc.preflight import check_writable
+
+    check_writable(tmp_path / "not-yet")  # no results/ yet: its parent is writable
+    (small_fs / "results" / "download").mkdir(parents=True)
+    check_writable(small_fs / "results")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    with pytest.raises(UserError, match=r"results/download is on a read-only file system|results is on a read-only"):
+        check_writable(small_fs / "results")
+
+
 def test_multi_line_user_error_reaches_the_terminal_as_one_line(tmp_path, capfd):
     def refuses() -> None:
         raise UserError("model.bin: torch refused it (Weights only load failed.\n\nCheck the docs\n of torch.load)")

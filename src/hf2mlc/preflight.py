@@ -15,6 +15,8 @@ ended it at 23 GB, with no message at all.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .errors import UserError
+from .faults import explain_os_error
 from .model.config import GPTNeoXConfig
 
 log = logging.getLogger(__name__)
@@ -175,6 +178,23 @@ def check_model_dir(model_dir: Path, *, where: str, stages: Iterable[str] | None
     config, params, largest = check_checkpoint(model_dir, where=where)
     check_memory(params, largest, where=where, stages=stages)
     return config
+
+
+def check_writable(results: Path) -> None:
+    """Refuse a results/ (or a stage directory in it) that cannot be written: read-only, immutable, no
+    permission.  Snakemake would otherwise stop at the first job with its own multi-line WorkflowError."""
+    results = Path(results)
+    directories = [results, *sorted(p for p in results.iterdir() if p.is_dir())] if results.is_dir() else [results.parent]
+    for directory in directories:
+        try:
+            fd, name = tempfile.mkstemp(prefix=".hf2mlc-write-check-", dir=directory)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as err:
+            user = explain_os_error(OSError(err.errno, err.strerror), output=directory)
+            if user is None:
+                raise
+            raise user from None
 
 
 def check_workflow(models: Iterable[Mapping[str, Any]]) -> None:
