@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from hf2mlc.errors import UserError
 from hf2mlc.families import load_family
-from hf2mlc.model.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.preflight import GiB, check_checkpoint, check_memory, check_model_dir, check_workflow
 from test_convert import _hf_state
 

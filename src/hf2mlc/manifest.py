@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .layout import MANIFEST
 
-MANIFEST_NAME = "manifest.json"
+MANIFEST_NAME = MANIFEST
 _CHUNK = 1 << 20
 #: Files up to this size are always re-hashed when a stage checks its inputs; larger ones (weights) only
 #: when the stage reads them whole anyway, else their size is checked.
@@ -56,10 +57,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def file_entries(directory: Path, *, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> dict[str, dict[str, Any]]:

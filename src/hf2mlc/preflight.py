@@ -26,7 +26,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .errors import UserError
 from .faults import explain_os_error
-from .model.config import GPTNeoXConfig
+from .model.gpt_neox.config import GPTNeoXConfig
 
 log = logging.getLogger(__name__)
 
