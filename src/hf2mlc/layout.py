@@ -63,6 +63,13 @@ def versions_log(results: str = RESULTS) -> str:
     return f"{results}/{VERSIONS_LOG}"
 
 
+VERSIONS_DIR = "versions"  # package: every bundle ever produced, hard-linked (hf2mlc.versions)
+
+
+def version_dir(model: str, device: str, version_id: str, results: str = RESULTS) -> str:
+    return f"{results}/{VERSIONS_DIR}/{model}/{device}/{version_id}"
+
+
 def log_file(stage: str, job: str, results: str = RESULTS) -> str:
     """A rule's log, ``job`` naming the job by its wildcards (``"{model}/{quant}"``)."""
     return f"{results}/logs/{stage}/{job}.log"

@@ -290,22 +290,6 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
     (out / "README.md").write_text(card, encoding="utf-8")
 
 
-def record_version(log_path: Path, manifest: dict[str, Any], spec: PackageSpec) -> None:
-    """Append one line per bundle produced to results/versions.jsonl (never rewritten)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "version_id": manifest["version_id"],
-        "model_id": spec.model_id,
-        "device": spec.device,
-        "quantization": spec.quantization,
-        "source": spec.source,
-        "inputs": manifest["inputs"],
-        "produced_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    with open(log_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
-
-
 @contextlib.contextmanager
 def hub_folder(package: Path) -> Iterator[Path]:
     """The package laid out as a Hub model repo, in a temporary directory of hard links.

@@ -180,6 +180,22 @@ def check_model_dir(model_dir: Path, *, where: str, stages: Iterable[str] | None
     return config
 
 
+def check_stage_inputs(stage: str, arguments: Mapping[str, Any], *, reads_whole: Iterable[str] = ()) -> None:
+    """Before a stage runs: every stage output it takes matches its manifest, and a checkpoint it takes
+    (``model_dir``) passes the checks a Hub source could not get at DAG-build time."""
+    from .manifest import MANIFEST_NAME, verify_inputs
+
+    whole = set(reads_whole)
+    for name, value in arguments.items():
+        if name == "out_dir" or not (name.endswith("_dir") or name == "packages"):
+            continue
+        for path in value if isinstance(value, list) else [value]:
+            if path is not None and (Path(path) / MANIFEST_NAME).is_file():
+                verify_inputs(path, whole=name in whole)
+    if arguments.get("model_dir") is not None:
+        check_model_dir(Path(arguments["model_dir"]), where=f"rule {stage}", stages=(stage,))
+
+
 def check_writable(results: Path) -> None:
     """Refuse a results/ (or a stage directory in it) that cannot be written: read-only, immutable, no
     permission.  Snakemake would otherwise stop at the first job with its own multi-line WorkflowError."""

@@ -97,9 +97,20 @@ def run_rule(stage_name: str, snakemake: Any) -> None:
 
     stage = getattr(stages, stage_name)
     kwargs = stage_arguments(stage, snakemake)
-    # The one place every stage's inputs pass through before it reads them: verifying them against their
-    # producers' manifests (issue 10, manifest.verify_inputs) hooks in here, inside run_stage's error handling.
-    run_stage(snakemake, stage, **kwargs)
+    # The one place every stage's inputs pass through before it reads them: each is verified against its
+    # producer's manifest, and a checkpoint against its config.json and this machine's memory, inside
+    # run_stage's error handling (so a failure is one line).
+    run_stage(snakemake, _with_input_checks(stage, stage_name, stages.READS_WHOLE.get(stage_name, ())), **kwargs)
     # What actually ran, for the test that holds each rule's code digest (hf2mlc.closure) to cover it.
     with open(snakemake.log[0], "a", encoding="utf-8") as log:
         print(f"{LOADED_MODULES_LINE}{' '.join(sorted(m for m in sys.modules if m.split('.')[0] == __package__))}", file=log)
+
+
+def _with_input_checks(stage: Callable[..., Any], stage_name: str, reads_whole: tuple[str, ...]) -> Callable[..., Any]:
+    def checked(**kwargs: Any) -> Any:
+        from .preflight import check_stage_inputs
+
+        check_stage_inputs(stage_name, kwargs, reads_whole=reads_whole)
+        return stage(**kwargs)
+
+    return checked

@@ -19,15 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .errors import UserError
 from .manifest import MANIFEST_NAME, atomic_output_dir, read_manifest, verify_manifest
-
-VERSIONS_DIR = "versions"
-VERSIONS_LOG = "versions.jsonl"
-
-
-def version_dir(results: Path, model: str, device: str, version_id: str) -> Path:
-    return Path(results) / VERSIONS_DIR / model / device / version_id
 
 
 def store(
@@ -40,7 +34,7 @@ def store(
     package_dir, results = Path(package_dir), Path(versions_log).parent
     manifest = read_manifest(package_dir)
     version = str(manifest["version_id"])
-    target = version_dir(results, model, device, version)
+    target = Path(layout.version_dir(model, device, version, str(results)))
     if not (target / MANIFEST_NAME).is_file():
         with atomic_output_dir(target) as tmp:
             _link_tree(package_dir, tmp)
@@ -66,7 +60,7 @@ def list_versions(results: Path) -> list[dict[str, Any]]:
     Lines of versions.jsonl written before the store existed (no ``path``) are listed as not stored.
     """
     results = Path(results)
-    log_path = results / VERSIONS_LOG
+    log_path = Path(layout.versions_log(str(results)))
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     if log_path.is_file():
         for number, line in enumerate(log_path.read_text(encoding="utf-8").splitlines(), 1):
@@ -79,7 +73,7 @@ def list_versions(results: Path) -> list[dict[str, Any]]:
             key = (str(entry.get("path") or ""), str(entry["version_id"]))
             latest.pop(key, None)
             latest[key] = entry
-    for manifest_path in sorted((results / VERSIONS_DIR).glob(f"*/*/*/{MANIFEST_NAME}")):
+    for manifest_path in sorted((results / layout.VERSIONS_DIR).glob(f"*/*/*/{MANIFEST_NAME}")):
         directory = manifest_path.parent
         rel = directory.relative_to(results).as_posix()
         key = (rel, directory.name)
@@ -99,7 +93,7 @@ def find_version(results: Path, version_id: str) -> dict[str, Any]:
     ids = sorted({(r["model"], r["device"], r["version_id"]) for r in matches})
     if not ids:
         raise UserError(
-            f"{Path(results) / VERSIONS_DIR}: no stored version {version_id!r}; `hf2mlc versions` lists them."
+            f"{Path(results) / layout.VERSIONS_DIR}: no stored version {version_id!r}; `hf2mlc versions` lists them."
         )
     if len(ids) > 1:
         listed = ", ".join(f"{m}/{d}/{v}" for m, d, v in ids)
@@ -122,7 +116,7 @@ def restore(results: Path, version_id: str, *, package_dir: Path | None = None) 
             f"{source}: stored version {entry['version_id']} no longer matches its manifest ({', '.join(bad)}); "
             "it cannot be restored. Rebuild it with snakemake, or restore another version."
         )
-    target = Path(package_dir) if package_dir is not None else results / "package" / entry["model"] / entry["device"]
+    target = Path(package_dir) if package_dir is not None else Path(layout.package_dir(entry["model"], entry["device"], str(results)))
     with atomic_output_dir(target) as tmp:
         _link_tree(source, tmp)
     return entry, target
