@@ -5,7 +5,8 @@ The weights stay packed on the device (``q_weight`` words + ``q_scale``, exactly
 in the model dtype only where they are consumed: the dequantization is one stage of the same
 TensorIR function as the matmul (or the row gather of the embedding), so GPU schedules (dlight) inline
 it into the matmul's loads and no dequantized copy of a weight exists in device memory.  (The CPU
-schedule of host builds writes one temporary copy per call when many rows share it, in prefill.)
+schedule of host builds dequantizes one slice of a weight at a time per thread when many rows share
+it, in prefill.)
 
 :func:`quantize_model` swaps a float model's ``nn.Linear``/``nn.Embedding`` for these, which gives the
 parameter names MLC uses (``<module>.q_weight``, ``<module>.q_scale``; biases unchanged).
