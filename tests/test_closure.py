@@ -51,7 +51,7 @@ def test_a_rule_does_not_cover_other_stages_code() -> None:
     assert not {"check.py", "evaluate.py", "quantization/group.py", "tokenizer/stage.py", "package.py", "convert.py"} & compile_names
     # The demo renders prompts with families.render_prompt; validating a family (tokenizer/bundle.py) is patch's.
     download = _names("download")
-    assert {"demo.py", "families.py", "hub/fetch.py"} <= download and "tokenizer/bundle.py" not in download
+    assert {"demo.py", "families.py", "sources/fetch.py"} <= download and "tokenizer/bundle.py" not in download
     assert "tokenizer/bundle.py" in _names("patch") and "tokenizer/mlc.py" in _names("package")
     # The tokenizer stage's own gate and converter are the tokenizer rule's alone.
     assert all("tokenizer/stage.py" not in _names(s) for s in ("patch", "check", "evaluate", "package"))

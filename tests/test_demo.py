@@ -504,7 +504,7 @@ def test_two_builds_are_byte_identical(demo_dir, demo_workflow):
 
 
 def test_variant_sources_and_unknown_variant(tmp_path):
-    from hf2mlc.hub import parse_source
+    from hf2mlc.sources import parse_source
 
     assert (parse_source("demo:rinna").kind, parse_source("demo:rinna").variant, parse_source("demo:rinna").uri) == (
         "demo", "rinna", "demo:rinna")
