@@ -29,19 +29,10 @@ EVALUATION_TEXTS = ("eval_ja", "demo_heldout")
 
 
 def load_encoder(model_dir: Path) -> Callable[[str], list[int]]:
-    """The model's own tokenizer: SentencePiece's ``spiece.model``/``tokenizer.model``, else tokenizer.json."""
-    for name in ("spiece.model", "tokenizer.model"):
-        if (model_dir / name).is_file():
-            import sentencepiece as spm
+    """The model's tokenizer as its bundle tokenizes (hf2mlc.tokenizer.bundle: SentencePiece, else tokenizer.json)."""
+    from .tokenizer.bundle import model_tokenizer
 
-            processor = spm.SentencePieceProcessor(model_file=str(model_dir / name))
-            return lambda text: list(processor.encode(text))
-    if (model_dir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
-    raise UserError(f"{model_dir}: no spiece.model, tokenizer.model or tokenizer.json to tokenize the evaluation text with.")
+    return model_tokenizer(model_dir).encode
 
 
 def document_rows(
