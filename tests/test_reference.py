@@ -40,7 +40,7 @@ def test_blocks_and_documents(models, monkeypatch):
     docs = [rng.integers(0, 128, size=n) for n in (37, 1, 23)]
     model = load_reference(models["pythia"])
     expected = np.concatenate([reference_logits(model, d.tolist()) for d in docs])
-    monkeypatch.setattr(reference, "ATTENTION_BLOCK_ELEMENTS", 4 * 7 * 61)  # 7 queries of 61 keys per block
+    monkeypatch.setattr(reference, "ATTENTION_BLOCK_ELEMENTS", 4 * 5 * 37)  # 5 queries of the longest document per block
     blocks = list(reference.stream_logit_blocks(models["pythia"], docs, block_tokens=16))
     assert [start for start, _ in blocks] == [0, 16, 32, 48]
     ours = np.concatenate([b for _, b in blocks])
@@ -92,3 +92,22 @@ def test_weight_source_replaces_the_checkpoint(models):
     with torch.no_grad():
         model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight.zero_()
     assert _rel(ours, reference_logits(model, ids.tolist())) <= MAX_REL_ERROR
+
+
+def test_greedy_generate_matches_transformers(models):
+    import torch
+
+    model_dir = models["pythia"]
+    model = load_reference(model_dir)
+    prompts = [[5, 9, 11, 3], [7], [100, 1, 2, 3, 4, 5, 6]]
+    expected = []
+    for p in prompts:
+        with torch.no_grad():
+            out = model.generate(torch.tensor([p]), max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
+        expected.append(out[0, len(p):].tolist())
+    ours = reference.greedy_generate(model_dir, prompts, max_new_tokens=6, stop_token_ids=[[], [], []])
+    assert ours == expected
+    # A stop token ends an answer (and is kept) without disturbing the others.
+    stop = expected[0][2]
+    cut = reference.greedy_generate(model_dir, prompts, max_new_tokens=6, stop_token_ids=[[stop], [], []])
+    assert cut[0] == expected[0][: expected[0].index(stop) + 1] and cut[1:] == expected[1:]

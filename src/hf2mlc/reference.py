@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -129,8 +130,14 @@ def final_hidden_states(
     segments: Sequence[Sequence[int] | np.ndarray],
     *,
     observe: Observer | None = None,
+    cache: KVCache | None = None,
 ) -> np.ndarray:
-    """The final-layer-normed residual stream ``[tokens, hidden]`` (float32) of the concatenated segments."""
+    """The final-layer-normed residual stream ``[tokens, hidden]`` (float32) of the concatenated segments.
+
+    With ``cache``, segment ``i`` continues the sequence ``cache`` holds for it (its positions go on
+    from there, it attends to the cached keys too) and its new keys and values are appended: one pass
+    over the weights per generated token, for every sequence at once.
+    """
     torch = _torch()
     arrays = [np.asarray(s, dtype=np.int64).reshape(-1) for s in segments]
     if not arrays or any(a.size == 0 for a in arrays):
@@ -138,10 +145,10 @@ def final_hidden_states(
     ids = np.concatenate(arrays)
     if ids.min() < 0 or ids.max() >= config.vocab_size:
         raise ValueError(f"token ids must be in [0, {config.vocab_size}); got {ids.min()}..{ids.max()}")
-    positions = np.concatenate([np.arange(a.size) for a in arrays])
-    segment_of = np.concatenate([np.full(a.size, i) for i, a in enumerate(arrays)])
-    starts = np.concatenate([[0], np.cumsum([a.size for a in arrays])[:-1]])
-    first = starts[segment_of]  # first token of each token's segment
+    past = cache.lengths(len(arrays)) if cache is not None else [0] * len(arrays)
+    positions = np.concatenate([np.arange(p, p + a.size) for p, a in zip(past, arrays)])
+    bounds = np.concatenate([[0], np.cumsum([a.size for a in arrays])])
+    spans = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(arrays))]
 
     with torch.inference_mode():
         embed = weights("gpt_neox.embed_in.weight")
@@ -150,13 +157,43 @@ def final_hidden_states(
         cos, sin = _rotary_tables(config, torch.from_numpy(positions))
         began = time.monotonic()
         for layer in range(config.num_hidden_layers):
-            x = _layer(config, weights, layer, x, cos, sin, first, observe)
+            x = _layer(config, weights, layer, x, cos, sin, spans, observe, cache)
             done = layer + 1
             left = (time.monotonic() - began) / done * (config.num_hidden_layers - done)
-            logger.info("reference: layer %d/%d, about %.0f s left", done, config.num_hidden_layers, left)
+            logger.debug("reference: layer %d/%d, about %.0f s left", done, config.num_hidden_layers, left)
+        if cache is not None:
+            cache.advance([a.size for a in arrays])
         w, b = _param(weights, "gpt_neox.final_layer_norm")
         x = torch.nn.functional.layer_norm(x, (config.hidden_size,), w, b, config.layer_norm_eps)
     return x.numpy()
+
+
+class KVCache:
+    """Keys and values of every layer for a batch of sequences that grow by generation."""
+
+    def __init__(self) -> None:
+        self.keys: dict[tuple[int, int], Any] = {}
+        self.values: dict[tuple[int, int], Any] = {}
+        self._lengths: list[int] = []
+
+    def lengths(self, count: int) -> list[int]:
+        if not self._lengths:
+            self._lengths = [0] * count
+        if len(self._lengths) != count:
+            raise ValueError(f"the cache holds {len(self._lengths)} sequences, not {count}")
+        return list(self._lengths)
+
+    def advance(self, added: Sequence[int]) -> None:
+        self._lengths = [n + int(a) for n, a in zip(self._lengths, added)]
+
+    def extend(self, layer: int, segment: int, k, v):
+        """Cached plus new keys/values [tokens, heads, head_dim] of one sequence, stored for the next step."""
+        torch = _torch()
+        key = (layer, segment)
+        if key in self.keys:
+            k, v = torch.cat((self.keys[key], k)), torch.cat((self.values[key], v))
+        self.keys[key], self.values[key] = k, v
+        return k, v
 
 
 def _param(weights: WeightSource, prefix: str):
@@ -192,29 +229,30 @@ def _linear(weights: WeightSource, layer: int, name: str, x, observe: Observer |
     return torch.addmm(b, x, w.t())
 
 
-def _attention(config: GPTNeoXConfig, q, k, v, first: np.ndarray):
-    """Causal attention of q/k/v [tokens, heads, head_dim] within segments, in query blocks."""
+def _attention(q, k, v):
+    """Causal attention of new queries q [n, heads, d] on keys/values [past + n, heads, d], in query blocks.
+
+    Query ``i`` sits at position ``past + i`` and sees keys ``0 .. past + i``; blocks bound the scores
+    array to :data:`ATTENTION_BLOCK_ELEMENTS`.
+    """
     torch = _torch()
-    tokens, heads, head_dim = q.shape
-    scale = head_dim**-0.5
+    n, heads, head_dim = q.shape
+    total = k.shape[0]
+    past = total - n
     out = torch.empty_like(q)
     qh, kh, vh = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, tokens, head_dim]
-    index = torch.arange(tokens)
-    first_t = torch.from_numpy(first)
-    block = max(1, ATTENTION_BLOCK_ELEMENTS // max(1, heads * tokens))
-    for q0 in range(0, tokens, block):
-        q1 = min(tokens, q0 + block)
-        k0 = int(first[q0])  # keys from the first query's segment start (segments are contiguous)
-        scores = torch.matmul(qh[:, q0:q1], kh[:, k0:q1].transpose(1, 2)) * scale
-        keys, queries = index[k0:q1], index[q0:q1]
-        allowed = (keys[None, :] <= queries[:, None]) & (keys[None, :] >= first_t[q0:q1, None])
-        scores = scores.masked_fill(~allowed[None], torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
-        out[q0:q1] = torch.matmul(probs, vh[:, k0:q1]).transpose(0, 1)
+    block = max(1, ATTENTION_BLOCK_ELEMENTS // max(1, heads * total))
+    for q0 in range(0, n, block):
+        q1 = min(n, q0 + block)
+        keys = past + q1  # later keys are masked for every query of the block
+        scores = torch.matmul(qh[:, q0:q1], kh[:, :keys].transpose(1, 2)) * head_dim**-0.5
+        later = torch.arange(keys)[None, :] > (past + torch.arange(q0, q1))[:, None]
+        scores = scores.masked_fill(later[None], torch.finfo(scores.dtype).min)
+        out[q0:q1] = torch.matmul(torch.softmax(scores, dim=-1), vh[:, :keys]).transpose(0, 1)
     return out
 
 
-def _layer(config: GPTNeoXConfig, weights: WeightSource, layer: int, x, cos, sin, first, observe):
+def _layer(config: GPTNeoXConfig, weights: WeightSource, layer: int, x, cos, sin, spans, observe, cache):
     torch = _torch()
     f = torch.nn.functional
     h, heads, head_dim = config.hidden_size, config.num_attention_heads, config.head_dim
@@ -225,21 +263,25 @@ def _layer(config: GPTNeoXConfig, weights: WeightSource, layer: int, x, cos, sin
     normed = f.layer_norm(x, (h,), w, b, config.layer_norm_eps)
     qkv = _linear(weights, layer, LINEARS[0], normed, observe).view(tokens, heads, 3 * head_dim)
     del normed
-    q, k, v = qkv[..., :head_dim], qkv[..., head_dim : 2 * head_dim], qkv[..., 2 * head_dim :]
-    q = _rotate(q, cos, sin, config.rotary_dim)
-    k = _rotate(k, cos, sin, config.rotary_dim)
-    context = _attention(config, q, k, v.contiguous(), first).reshape(tokens, h)
-    del q, k, v, qkv
-    attn = _linear(weights, layer, LINEARS[1], context, observe)
+    q = _rotate(qkv[..., :head_dim], cos, sin, config.rotary_dim)
+    k = _rotate(qkv[..., head_dim : 2 * head_dim], cos, sin, config.rotary_dim)
+    v = qkv[..., 2 * head_dim :].contiguous()
+    del qkv
+    context = torch.empty_like(q)
+    for segment, (s0, s1) in enumerate(spans):
+        ks, vs = k[s0:s1], v[s0:s1]
+        if cache is not None:
+            ks, vs = cache.extend(layer, segment, ks, vs)
+        context[s0:s1] = _attention(q[s0:s1], ks, vs)
+    del q, k, v
+    attn = _linear(weights, layer, LINEARS[1], context.reshape(tokens, h), observe)
     del context
 
     w, b = _param(weights, f"{prefix}.post_attention_layernorm")
-    if config.use_parallel_residual:
-        mlp_in = f.layer_norm(x, (h,), w, b, config.layer_norm_eps)
-    else:
+    if not config.use_parallel_residual:
         x = attn + x
         del attn
-        mlp_in = f.layer_norm(x, (h,), w, b, config.layer_norm_eps)
+    mlp_in = f.layer_norm(x, (h,), w, b, config.layer_norm_eps)
     up = _linear(weights, layer, LINEARS[2], mlp_in, observe)
     del mlp_in
     up = f.gelu(up, approximate="tanh" if config.hidden_act in GELU_TANH else "none")
@@ -261,3 +303,49 @@ def _head_blocks(config: GPTNeoXConfig, weights: WeightSource, hidden: np.ndarra
         for i in range(blocks):
             start = i * block_tokens
             yield start, torch.matmul(x[start : start + block_tokens], head.t()).numpy()
+
+
+def greedy_generate(
+    model_dir: Path,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop_token_ids: Sequence[Sequence[int]],
+    weights: WeightSource | None = None,
+) -> list[list[int]]:
+    """Greedy continuations of every prompt (each ends after its first stop token, which is kept).
+
+    All prompts advance together, one pass over the weights per generated token (with a KV cache),
+    so answering many prompts costs about what answering one does.
+    """
+    model_dir = Path(model_dir)
+    config = GPTNeoXConfig.from_file(model_dir)
+    own = weights is None
+    source: WeightSource = CheckpointWeights(model_dir, config) if weights is None else weights
+    torch = _torch()
+    answers: list[list[int]] = [[] for _ in prompts]
+    stops = [set(int(t) for t in ids) for ids in stop_token_ids]
+    cache = KVCache()
+    step: list[Sequence[int]] = list(prompts)
+    began = time.monotonic()
+    try:
+        for done in range(max_new_tokens):
+            hidden = final_hidden_states(config, source, step, cache=cache)
+            ends = np.cumsum([len(s) for s in step]) - 1
+            head = torch.from_numpy(source("embed_out.weight"))
+            with torch.inference_mode():
+                logits = torch.matmul(torch.from_numpy(hidden[ends]), head.t()).numpy()
+            del head
+            for i, row in enumerate(logits):
+                if not answers[i] or answers[i][-1] not in stops[i]:
+                    answers[i].append(int(np.argmax(row)))
+            # Finished answers keep stepping (on their last token) so the cache stays one batch; ignored.
+            step = [[a[-1]] for a in answers]
+            if all(a[-1] in s for a, s in zip(answers, stops)):
+                break
+            left = (time.monotonic() - began) / (done + 1) * (max_new_tokens - done - 1)
+            logger.info("reference answers: token %d/%d, at most %.0f s left", done + 1, max_new_tokens, left)
+    finally:
+        if own:
+            source.close()  # type: ignore[attr-defined]
+    return answers
