@@ -111,3 +111,21 @@ def test_greedy_generate_matches_transformers(models):
     stop = expected[0][2]
     cut = reference.greedy_generate(model_dir, prompts, max_new_tokens=6, stop_token_ids=[[stop], [], []])
     assert cut[0] == expected[0][: expected[0].index(stop) + 1] and cut[1:] == expected[1:]
+
+
+@pytest.mark.parametrize("variant,quantization", [("pythia", "q4f16_0"), ("gelu_tanh", "q4f16_1"), ("line", "q0f16")])
+def test_tensor_cache_source_is_the_dequantized_reference(models, tmp_path, variant, quantization):
+    """Streaming from a converted cache equals transformers holding the cache's dequantized numbers."""
+    from hf2mlc.convert import convert_weights
+    from hf2mlc.evaluate import dequantized_reference, transformers_logits
+    from hf2mlc.model.config import GPTNeoXConfig
+
+    model_dir = models[variant]
+    convert_weights(model_dir, tmp_path / "w", quantization, ffn_out_dtype="float32", progress=False)
+    source = reference.TensorCacheWeights(tmp_path / "w", GPTNeoXConfig.from_file(model_dir), quantization)
+    ids = np.random.default_rng(4).integers(0, 128, size=30)
+    ours = reference.stream_forward(model_dir, ids, weights=source)
+    ref = transformers_logits(dequantized_reference(model_dir, tmp_path / "w", quantization), ids.tolist())
+    assert _rel(ours, ref) <= MAX_REL_ERROR
+    if quantization != "q0f16":  # (the tiny models' bf16-exact weights survive float16 unchanged)
+        assert _rel(ours, reference.stream_forward(model_dir, ids)) > 1e-4  # it is not the checkpoint

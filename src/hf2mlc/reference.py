@@ -349,3 +349,58 @@ def greedy_generate(
         if own:
             source.close()  # type: ignore[attr-defined]
     return answers
+
+
+class TensorCacheWeights:
+    """The numbers a converted tensor cache holds, as a weight source in Hugging Face's names and layout.
+
+    Quantized weights are dequantized with :func:`hf2mlc.quantization.group.dequantize` (exactly what the
+    model library computes), stored float16/bfloat16 tensors widened to float32, and MLC's fused-qkv row
+    order undone, one tensor at a time.  The forward pass on this source is the reference a correct build
+    of any quantization agrees with to float16 rounding: it separates "the compiled model is right" from
+    "quantization lost accuracy".
+    """
+
+    def __init__(self, weights_dir: Path, config: GPTNeoXConfig, quantization: str) -> None:
+        import json
+
+        from .quantization import get_quantization
+        from .tensor_cache import CACHE_JSON
+
+        self.dir = Path(weights_dir)
+        self.config = config
+        self.q = get_quantization(quantization)
+        index = json.loads((self.dir / CACHE_JSON).read_text(encoding="utf-8"))
+        self.records = {rec["name"]: (shard["dataPath"], rec) for shard in index["records"] for rec in shard["records"]}
+
+    def _read(self, name: str) -> np.ndarray:
+        from .tensor_cache import decode_record
+
+        path, rec = self.records[name]
+        with open(self.dir / path, "rb") as handle:
+            handle.seek(rec["byteOffset"])
+            return decode_record(handle.read(rec["nbytes"]), rec)
+
+    def __call__(self, name: str) -> np.ndarray:
+        from .quantization.group import dequantize
+
+        base = name.removesuffix(".weight")
+        if f"{base}.q_weight" in self.records:
+            weight, scale = self._read(f"{base}.q_weight"), self._read(f"{base}.q_scale")
+            if self.q.linear_weight_layout == "KN" and base != "gpt_neox.embed_in":
+                weight, scale = weight.T, scale.T
+            size = self.config.intermediate_size if base.endswith("dense_4h_to_h") else self.config.hidden_size
+            array = dequantize(weight, scale, self.q, axis=-1, size=size)
+        elif name in self.records:
+            array = self._read(name)
+        else:
+            raise KeyError(f"{self.dir}: no tensor {name!r} in the tensor cache")
+        array = np.asarray(array, dtype=np.float32)
+        if ".attention.query_key_value." in name:  # MLC's [(q|k|v), head, d] back to [head, (q|k|v), d]
+            heads = self.config.num_attention_heads
+            rest = array.shape[1:]
+            array = array.reshape(3, heads, -1, *rest).swapaxes(0, 1).reshape(array.shape)
+        return np.ascontiguousarray(array)
+
+    def close(self) -> None:
+        pass
