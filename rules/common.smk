@@ -161,6 +161,10 @@ def reference_dir(model):
     return f"{RESULTS}/reference/{model}"
 
 
+def reference_answers_dir(model):
+    return f"{RESULTS}/reference_answers/{model}"
+
+
 def evaluate_dir(model, quant):
     return f"{RESULTS}/evaluate/{model}/{quant}"
 
@@ -230,11 +234,10 @@ def uploads():
     return [upload_record(m, d) for m in ENABLED for d in config["upload"]["devices"]]
 
 
-def evaluation_text_input(wildcards):
-    """An evaluation text given as a file is an input (editing it reruns the reference); bundled sets are
-    covered by the reference rule's code version."""
-    text = MODELS[wildcards.model]["evaluation"]["text"]
-    return [text] if "/" in text or text.endswith(".txt") else []
+def setting_file(value):
+    """An evaluation text or prompt list given as a file path is an input (editing it reruns the jobs that
+    read it); a bundled set's name is covered by those rules' code version."""
+    return [value] if "/" in value or value.endswith(".txt") else []
 
 
 def reference_templates(wildcards):

@@ -6,6 +6,7 @@ rule evaluate:
         weights=weights_dir("{model}", "{quant}"),
         build=lambda wildcards: build_dir(wildcards.model, "host", wildcards.quant),
         reference=lambda wildcards: reference_dir(wildcards.model),
+        answers=lambda wildcards: reference_answers_dir(wildcards.model),
     output:
         directory(evaluate_dir("{model}", "{quant}")),
     params:

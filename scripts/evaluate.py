@@ -14,6 +14,7 @@ run_stage(
     weights_dir=snakemake.input.weights,  # noqa: F821
     build_dir=snakemake.input.build,  # noqa: F821
     reference_dir=snakemake.input.reference,  # noqa: F821
+    answers_dir=snakemake.input.answers,  # noqa: F821
     out_dir=snakemake.output[0],  # noqa: F821
     quantization=snakemake.params.quantization,  # noqa: F821
 )

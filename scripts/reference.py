@@ -12,7 +12,7 @@ run_stage(
     stages.reference,
     model_dir=snakemake.input.model,  # noqa: F821
     out_dir=snakemake.output[0],  # noqa: F821
-    family_files={name: snakemake.input[name] for name in snakemake.params.templates},  # noqa: F821
+    text=snakemake.params.text,  # noqa: F821
+    max_tokens=snakemake.params.max_tokens,  # noqa: F821
     max_len=snakemake.params.max_len,  # noqa: F821
-    **snakemake.params.evaluation,  # noqa: F821
 )

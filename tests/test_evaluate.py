@@ -92,17 +92,17 @@ def tiny(tmp_path_factory):
         GPTNeoXConfig.from_file(model_dir), "q4f16_0", "host", root / "lib", lib_name="tiny-q4",
         context_window_size=CONTEXT, prefill_chunk_size=16, ffn_out_dtype="float32", progress=False,
     )
-    ref_dir = root / "reference"
-    stages.reference(
-        model_dir=model_dir, out_dir=ref_dir, family_files=FAMILIES, text="eval_ja", max_tokens=300,
-        max_len=CONTEXT, prompts="chat_prompts_ja", answer_tokens=6,
+    ref_dir, answers_dir = root / "reference", root / "answers"
+    stages.reference(model_dir=model_dir, out_dir=ref_dir, text="eval_ja", max_tokens=300, max_len=CONTEXT)
+    stages.reference_answers(
+        model_dir=model_dir, out_dir=answers_dir, family_files=FAMILIES, prompts="chat_prompts_ja", answer_tokens=6
     )
-    return model_dir, weights, root / "lib" / info["files"][0], ref_dir
+    return model_dir, weights, root / "lib" / info["files"][0], ref_dir, answers_dir
 
 
 def test_reference_artefact_equals_transformers(tiny):
-    model_dir, _, _, ref_dir = tiny
-    ref = reference_cache.read_reference(ref_dir)
+    model_dir, _, _, ref_dir, answers_dir = tiny
+    ref = reference_cache.read_reference(ref_dir, answers_dir)
     text = load_evaluation_text(model_dir, "eval_ja", max_tokens=300, max_len=CONTEXT)
     assert [r.tolist() for r in ref.rows()] == [i for i, _ in text.rows]
     assert max(len(i) for i, _ in text.rows) == CONTEXT  # long documents are cut into windows, none dropped
@@ -121,7 +121,7 @@ def test_reference_artefact_equals_transformers(tiny):
     # Greedy answers, for both templates: what transformers' own greedy decoding gives.
     import torch
 
-    answers = json.loads((ref_dir / "answers.json").read_text(encoding="utf-8"))
+    answers = ref.answers
     assert {a["template"] for a in answers} == {"line", "seed-compat"} and len(answers) == 2 * 5
     for a in answers[:3] + answers[-2:]:
         out = model.generate(torch.tensor([a["prompt_ids"]]), max_new_tokens=6, do_sample=False,
@@ -133,9 +133,9 @@ def test_reference_artefact_equals_transformers(tiny):
 def test_evaluation_of_a_quantized_build(tiny, tmp_path):
     from hf2mlc.runtime import Engine
 
-    model_dir, weights, lib, ref_dir = tiny
-    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, tmp_path)
-    ref = reference_cache.read_reference(ref_dir)
+    model_dir, weights, lib, ref_dir, answers_dir = tiny
+    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, answers_dir, tmp_path)
+    ref = reference_cache.read_reference(ref_dir, answers_dir)
     engine = Engine(lib, weights)
     build = []
     for row in ref.rows():
@@ -164,16 +164,13 @@ def test_evaluation_of_a_quantized_build(tiny, tmp_path):
 
 def test_kl_from_a_truncated_reference_is_bracketed(tiny, tmp_path, monkeypatch):
     """With fewer stored tokens than the vocabulary, the reported KL is the lower bound and the upper bound holds."""
-    model_dir, weights, lib, _ = tiny
+    model_dir, weights, lib, _, answers_dir = tiny
     monkeypatch.setattr(reference_cache, "TOP_K", 8)
     ref_dir = tmp_path / "ref8"
-    stages.reference(
-        model_dir=model_dir, out_dir=ref_dir, family_files={"line": FAMILIES["line"]}, text="eval_ja", max_tokens=100,
-        max_len=CONTEXT, prompts="chat_prompts_ja", answer_tokens=1,
-    )
-    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, tmp_path)
+    stages.reference(model_dir=model_dir, out_dir=ref_dir, text="eval_ja", max_tokens=100, max_len=CONTEXT)
+    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, answers_dir, tmp_path)
     assert report["reference_tail_mass_mean"] > 0.1
-    ref = reference_cache.read_reference(ref_dir)
+    ref = reference_cache.read_reference(ref_dir, answers_dir)
     from hf2mlc.runtime import Engine
 
     engine = Engine(lib, weights)

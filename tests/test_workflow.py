@@ -42,6 +42,8 @@ def test_dry_run_plans_the_card_stages(tmp_path: Path) -> None:
         f"build[{DEMO},target=mac,quant=q0f16]",
         f"build[{DEMO},target=host,quant=q4f16_0]",
         f"build[{DEMO},target=iphone,quant=q4f16_0]",
+        f"reference[{DEMO}]",
+        f"reference_answers[{DEMO}]",
         f"evaluate[{DEMO},quant=q4f16_0]",
         f"package[{DEMO},device=iphone]",
     ])
@@ -139,7 +141,7 @@ def test_iphone_quantization_change_reruns_only_the_iphone_path(built: dict) -> 
 
 
 @pytest.mark.slow
-def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
+def test_template_change_reruns_patch_answers_and_package_only(built: dict) -> None:
     work = built["work"]
     family = work / "config" / "families" / "line.yaml"
     original = family.read_text(encoding="utf-8")
@@ -147,7 +149,11 @@ def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
         data = yaml.safe_load(original)
         data["template"]["system_message"] = "あなたは親切なアシスタントです。"
         family.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-        _assert_plan(work, {f"patch[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
+        # The evaluations show answers under this template: they are redone, the reference on the text is not.
+        _assert_plan(work, {
+            f"patch[{DEMO}]", f"reference_answers[{DEMO}]", f"evaluate[{DEMO},quant=q0f16]",
+            f"evaluate[{DEMO},quant=q4f16_0]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]",
+        })
     finally:
         family.write_text(original, encoding="utf-8")
 
@@ -170,7 +176,8 @@ def test_every_output_has_an_intact_manifest(built: dict) -> None:
     results = built["work"] / "results"
     stage_dirs = [p.parent for p in results.rglob("manifest.json")]
     stages = {read_manifest(d)["stage"] for d in stage_dirs}
-    assert stages == {"download", "patch", "convert", "build", "tokenizer", "evaluate", "package"}
+    assert stages == {"download", "patch", "convert", "build", "tokenizer", "reference", "reference_answers", "evaluate",
+                      "package"}
     for directory in stage_dirs:
         assert verify_manifest(directory) == [], directory
         manifest = read_manifest(directory)

@@ -341,9 +341,8 @@ def _answers(engine, reference, decode) -> list[dict[str, Any]]:
     from .evaluation_text import answer_text
 
     out = []
-    tokens = int(reference.summary["answer_tokens"])
     for item in reference.answers:
-        ids = engine.generate(item["prompt_ids"], tokens, temperature=0.0, stop_token_ids=item["stop_token_ids"])
+        ids = engine.generate(item["prompt_ids"], item["answer_tokens"], temperature=0.0, stop_token_ids=item["stop_token_ids"])
         out.append({
             "template": item["template"], "message": item["message"], "prompt": item["prompt"],
             "reference": item["answer"], "build": answer_text(ids, item, decode),
@@ -353,7 +352,8 @@ def _answers(engine, reference, decode) -> list[dict[str, Any]]:
 
 
 def evaluate_build(
-    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, reference_dir: Path, out_dir: Path
+    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, reference_dir: Path, answers_dir: Path,
+    out_dir: Path,
 ) -> dict[str, Any]:
     """Perplexity (with interval), KL, top-1 agreement and greedy answers of the host build against the
     stored float32 reference; writes report.json + report.md into ``out_dir``."""
@@ -361,7 +361,7 @@ def evaluate_build(
     from .reference_cache import read_reference
     from .runtime import Engine
 
-    reference = read_reference(reference_dir)
+    reference = read_reference(reference_dir, answers_dir)
     engine = Engine(lib_path, weights_dir)
     longest = int(np.diff(reference.offsets).max())
     if longest > engine.context_window_size:

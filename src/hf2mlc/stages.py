@@ -171,47 +171,63 @@ def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
 
 
 def reference(
-    *,
-    model_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    family_files: dict[str, str | os.PathLike[str]],
-    text: str,
-    max_tokens: int,
-    max_len: int,
-    prompts: str,
-    answer_tokens: int,
+    *, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], text: str, max_tokens: int, max_len: int
 ) -> None:
-    """The float32 reference of the model on its evaluation text and chat prompts (rule reference)."""
-    from . import families
-    from .evaluation_text import chat_prompts, load_evaluation_text, load_prompts, load_tokenizer
+    """The float32 reference of the model on its evaluation text (rule reference), once per model and text."""
     from .convert import peak_rss_mb
+    from .evaluation_text import load_evaluation_text
     from .manifest import input_digest
     from .reference_cache import build_reference
 
     model_dir = Path(model_dir)
     watch = Stopwatch()
     evaluation_text = load_evaluation_text(model_dir, text, max_tokens=max_tokens, max_len=max_len)
-    templates = {name: families.conv_template(families.load_family(Path(path))) for name, path in family_files.items()}
-    own_family = families.load_family(Path(next(iter(family_files.values()))))
-    messages = [content for role, content in own_family.example_messages if role == "user"]
-    messages += [m for m in load_prompts(prompts) if m not in messages]
-    rendered = chat_prompts(templates, messages, load_tokenizer(model_dir).encode)
-    model_digest = input_digest(model_dir)
     with atomic_output_dir(out_dir) as tmp:
         with watch("reference"):
-            summary = build_reference(
-                model_dir, tmp, evaluation_text, rendered, answer_tokens=answer_tokens, model_digest=model_digest
-            )
-        watch.timings.update({f"reference_{k}": v for k, v in summary.pop("seconds").items()})
+            summary = build_reference(model_dir, tmp, evaluation_text, model_digest=input_digest(model_dir))
         write_manifest(
             tmp,
             stage="reference",
-            inputs={"model": model_dir, **{f"family_{name}": path for name, path in family_files.items()}},
-            params={"text": text, "max_tokens": max_tokens, "max_len": max_len, "prompts": prompts,
-                    "answer_tokens": answer_tokens, "templates": sorted(family_files)},
+            inputs={"model": model_dir},
+            params={"text": text, "max_tokens": max_tokens, "max_len": max_len},
             timings=watch.timings,
             resources={"peak_rss_mb": peak_rss_mb()},
             extra={"text": summary["text"], "model": summary["model"]},
+        )
+
+
+def reference_answers(
+    *,
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    family_files: dict[str, str | os.PathLike[str]],
+    prompts: str,
+    answer_tokens: int,
+) -> None:
+    """The reference's greedy answers to the chat prompts under each family's template (the model's first)."""
+    from . import families
+    from .convert import peak_rss_mb
+    from .evaluation_text import chat_prompts, load_prompts, load_tokenizer
+    from .reference_cache import build_answers
+
+    model_dir = Path(model_dir)
+    watch = Stopwatch()
+    loaded = {name: families.load_family(Path(path)) for name, path in family_files.items()}
+    own = next(iter(loaded.values()))
+    messages = [content for role, content in own.example_messages if role == "user"]
+    messages += [m for m in load_prompts(prompts) if m not in messages]
+    templates = {name: families.conv_template(family) for name, family in loaded.items()}
+    rendered = chat_prompts(templates, messages, load_tokenizer(model_dir).encode)
+    with atomic_output_dir(out_dir) as tmp:
+        with watch("answers"):
+            build_answers(model_dir, tmp, rendered, answer_tokens=answer_tokens)
+        write_manifest(
+            tmp,
+            stage="reference_answers",
+            inputs={"model": model_dir, **{f"family_{name}": path for name, path in family_files.items()}},
+            params={"prompts": prompts, "answer_tokens": answer_tokens, "templates": list(family_files)},
+            timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
         )
 
 
@@ -221,6 +237,7 @@ def evaluate(
     weights_dir: str | os.PathLike[str],
     build_dir: str | os.PathLike[str],
     reference_dir: str | os.PathLike[str],
+    answers_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     quantization: str,
 ) -> None:
@@ -236,11 +253,12 @@ def evaluate(
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
-            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, Path(reference_dir), tmp)
+            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, Path(reference_dir), Path(answers_dir), tmp)
         write_manifest(
             tmp,
             stage="evaluate",
-            inputs={"model": model_dir, "weights": weights_dir, "build": build_dir, "reference": reference_dir},
+            inputs={"model": model_dir, "weights": weights_dir, "build": build_dir, "reference": reference_dir,
+                    "answers": answers_dir},
             params={"quantization": quantization},
             timings=watch.timings,
             resources={"peak_rss_mb": peak_rss_mb()},
