@@ -122,7 +122,7 @@ def test_reference_artefact_equals_transformers(tiny):
     import torch
 
     answers = ref.answers
-    assert {a["template"] for a in answers} == {"line", "seed-compat"} and len(answers) == 2 * 5
+    assert {a["template"] for a in answers} == {"line", "seed-compat"} and len(answers) == 2 * 3
     for a in answers[:3] + answers[-2:]:
         out = model.generate(torch.tensor([a["prompt_ids"]]), max_new_tokens=6, do_sample=False,
                              eos_token_id=a["stop_token_ids"] or None, pad_token_id=0)
@@ -155,7 +155,7 @@ def test_evaluation_of_a_quantized_build(tiny, tmp_path):
     assert low < report["build"]["perplexity"] < high
     lo, hi = report["delta_perplexity_pct_ci95"]
     assert lo < report["delta_perplexity_pct"] < hi
-    assert len(report["answers"]) == 10
+    assert len(report["answers"]) == 6
     for a in report["answers"]:  # the build's answers are the engine's own greedy decoding
         assert set(a) >= {"template", "message", "reference", "build", "same_tokens"}
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
