@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -45,15 +46,18 @@ def main() -> None:
     idle_mb = peak_rss_mb()
     rng = np.random.default_rng(0)
     rows = [rng.integers(0, shape["vocab_size"], size=min(args.row, args.tokens - start)) for start in range(0, args.tokens, args.row)]
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     for _, block in stream_logit_blocks(checkpoint, rows):
         top_k(block, TOP_K)
         log_sum_exp(block)
     seconds = time.perf_counter() - began
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = used.ru_utime - cpu.ru_utime + used.ru_stime - cpu.ru_stime
     layers = shape["num_hidden_layers"]
     print(json.dumps({
         "scale": args.scale, "layers": layers, "tokens": args.tokens, "row": args.row,
-        "seconds": round(seconds, 1), "seconds_per_layer": round(seconds / layers, 2),
+        "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+        "seconds_per_layer": round(seconds / layers, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1), "rss_before_mb": round(idle_mb, 1),
         "checkpoint_seconds": round(checkpoint_seconds, 1),
     }, indent=2))
