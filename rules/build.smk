@@ -36,7 +36,11 @@ rule build:
         ffn_out_dtype=ffn_out_dtype,
         lib_name=lambda wildcards: model_lib_name(wildcards.model, wildcards.quant, wildcards.target),
         max_logit_rel_error=lambda wildcards: MODELS[wildcards.model]["max_logit_rel_error"],
-        code=code_version("compile.py", "model", "quantization/nn.py", "compiler_pass", "runtime.py", "evaluate.py", "data"),
+        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation"]["text"],
+        code=code_version(
+            "compile.py", "model", "quantization", "compiler_pass", "runtime.py", "evaluate.py", "evaluation_text.py",
+            "reference.py", "tensor_cache.py", "loader", "data",
+        ),
     threads: 2
     log:
         "results/logs/build/{model}/{target}-{quant}.log",

@@ -18,5 +18,6 @@ run_stage(
     lib_name=snakemake.params.lib_name,  # noqa: F821
     ffn_out_dtype=snakemake.params.ffn_out_dtype,  # noqa: F821
     max_logit_rel_error=snakemake.params.max_logit_rel_error,  # noqa: F821
+    evaluation_text=snakemake.params.evaluation_text,  # noqa: F821
     **snakemake.params.settings,  # noqa: F821
 )

@@ -179,3 +179,15 @@ def test_kl_from_a_truncated_reference_is_bracketed(tiny, tmp_path, monkeypatch)
     kl = _exact_kl(np.concatenate([reference_logits(model, r.tolist()) for r in ref.rows()]), build).mean()
     assert report["kl_mean"] <= kl * (1 + 1e-4) and kl <= report["kl_mean_upper_bound"] * (1 + 1e-4)
     assert report["kl_mean"] < 0.9 * kl  # a real gap: the bound is not the exact value by accident
+
+
+def test_host_check_against_the_streaming_dequantized_reference(tiny):
+    """The check passes a correct quantized build at float16 rounding and fails, in one line, above its bound."""
+    from hf2mlc.errors import UserError
+
+    model_dir, weights, lib, _, _ = tiny
+    report = evaluate.check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=2e-2)
+    assert report["passed"] and 0 < report["max_rel_error"] < 5e-3 and report["argmax_agreement"] == 1.0
+    assert "dequantized" in report["reference"]
+    with pytest.raises(UserError, match="max_logit_rel_error"):
+        evaluate.check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=1e-7)

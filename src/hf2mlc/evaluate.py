@@ -1,13 +1,17 @@
-"""What a build computes, measured against transformers — the independent reference.
+"""What a build computes, measured against the float32 reference (hf2mlc.reference, held to transformers).
 
 Two questions, two functions:
 
 * :func:`check_host_build` — *is the compiled model right?*  The host library's logits for a prefill and a
-  few decode steps against transformers in float32 on the **same numbers** the library holds (for a
+  few decode steps against the streaming float32 forward on the **same numbers** the library holds (for a
   quantized build, the dequantized weights from its tensor cache).  A relative error above the bound
   fails the build, so a wrong library never reaches the iPhone stage.
-* :func:`evaluate_build` — *what did quantization cost?*  Perplexity, top-1 agreement and KL divergence of
-  the host build against the original checkpoint in float32, on held-out text.
+* :func:`evaluate_build` — *what did quantization cost?*  Perplexity with its interval, KL, top-1 agreement
+  and greedy answers of the host build against the stored reference of the original checkpoint
+  (:mod:`hf2mlc.reference_cache`), on the model's evaluation text.
+
+The transformers twins below (:func:`dequantized_reference`) are what the tests hold the streaming
+reference's weight sources to.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,70 +30,9 @@ from .model.config import GPTNeoXConfig
 
 log = logging.getLogger(__name__)
 
-DATA = Path(__file__).with_name("data")
 #: Decode steps compared by the build check (after a prefill of the rest of the prompt).
 CHECK_DECODE_STEPS = 4
 CHECK_TOKENS = 40
-
-
-# ---------------------------------------------------------------- text and tokens
-
-
-def load_encoder(model_dir: Path) -> Callable[[str], list[int]]:
-    """The model's own tokenizer: SentencePiece's ``spiece.model``/``tokenizer.model``, else tokenizer.json."""
-    for name in ("spiece.model", "tokenizer.model"):
-        if (model_dir / name).is_file():
-            import sentencepiece as spm
-
-            processor = spm.SentencePieceProcessor(model_file=str(model_dir / name))
-            return lambda text: list(processor.encode(text))
-    if (model_dir / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
-    raise UserError(f"{model_dir}: no spiece.model, tokenizer.model or tokenizer.json to tokenize the evaluation text with.")
-
-
-def document_rows(model_dir: Path, *, max_tokens: int, max_len: int) -> tuple[dict[str, str], list[tuple[list[int], list[int]]]]:
-    """Held-out text as (inputs, targets) rows — ``targets[t]`` is the token to predict after ``inputs[:t+1]`` —
-    until ``max_tokens`` targets are collected; rows are cut to ``max_len``.
-
-    The demo's own ``heldout.txt`` is scored as its chats look to MLC's engine (the prompt encoded with
-    nothing in front, ``</s>`` after each answer: :func:`hf2mlc.demo.chat_example`), the definition of its
-    model card's perplexity. Other models get the project's Japanese sample as plain documents: the text
-    encoded with nothing in front, each token predicting the next, ``</s>`` after the last.
-    """
-    config = GPTNeoXConfig.from_file(model_dir)
-    eos = config.eos_token_id[0] if isinstance(config.eos_token_id, list) else config.eos_token_id
-    if eos is None:
-        raise UserError(f"{model_dir}/config.json: eos_token_id is not set; the evaluation ends documents with it.")
-    encode = load_encoder(model_dir)
-    heldout = model_dir / "heldout.txt"
-    if heldout.is_file():
-        from .demo import chat_example
-        from .demo_corpus import read_dialogues
-
-        info = {"name": "heldout.txt", "description": "the demo's held-out chats, as the engine renders them"}
-        rows = [chat_example(encode, doc) for doc in read_dialogues(heldout)]
-    else:
-        text = (DATA / "eval_ja.txt").read_text(encoding="utf-8")
-        info = {"name": "eval_ja.txt", "description": "hf2mlc's Japanese chat and prose sample"}
-        rows = []
-        for doc in (d.strip("\n") for d in text.split("\n\n") if d.strip()):
-            ids = encode(doc)
-            rows.append((ids, ids[1:] + [eos]))
-    out: list[tuple[list[int], list[int]]] = []
-    total = 0
-    for inputs, targets in rows:
-        inputs, targets = inputs[:max_len], targets[:max_len]
-        if not inputs:
-            continue
-        out.append((inputs, targets))
-        total += len(targets)
-        if total >= max_tokens:
-            break
-    return info, out
 
 
 # ---------------------------------------------------------------- the transformers reference
@@ -181,16 +124,23 @@ def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def check_host_build(
-    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, *, max_rel_error: float
+    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, *, evaluation_text: str, max_rel_error: float
 ) -> dict[str, Any]:
-    """Prefill + decode logits of the host library against the transformers reference; fail above the bound."""
+    """Prefill + decode logits of the host library against the streaming float32 reference on the same
+    numbers (the dequantized tensor cache for a quantized build, the checkpoint otherwise); fail above the bound.
+
+    The reference streams the weights layer by layer (:mod:`hf2mlc.reference`): one layer's float32 weights
+    in memory, not the whole model, and no wait for the evaluation's reference on the whole text.
+    """
+    from .evaluation_text import load_evaluation_text
     from .quantization import get_quantization
+    from .reference import TensorCacheWeights, stream_forward
     from .runtime import Engine
 
-    _, rows = document_rows(model_dir, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
-    ids = rows[0][0]
+    text = load_evaluation_text(model_dir, evaluation_text, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
+    ids = text.rows[0][0]
     if len(ids) <= CHECK_DECODE_STEPS + 1:
-        raise UserError(f"{model_dir}: the evaluation text is too short for the build check.")
+        raise UserError(f"{model_dir}: the first document of evaluation text {evaluation_text!r} is too short for the build check.")
     split = len(ids) - CHECK_DECODE_STEPS
     engine = Engine(lib_path, weights_dir)
     logits = [engine.prefill(ids[:split])]
@@ -200,15 +150,14 @@ def check_host_build(
     del engine
     gc.collect()
     quantized = get_quantization(quantization).kind != "no-quant"
-    model = dequantized_reference(model_dir, weights_dir, quantization) if quantized else original_reference(model_dir)
-    ref = transformers_logits(model, ids[:-1])[split - 1 :]
-    del model
-    gc.collect()
+    source = TensorCacheWeights(weights_dir, GPTNeoXConfig.from_file(model_dir), quantization) if quantized else None
+    ref = stream_forward(model_dir, np.asarray(ids[:-1]), weights=source)[split - 1 :]
     per_position = [_rel_error(a, b) for a, b in zip(ours, ref)]
     worst = max(per_position)
     report = {
         "quantization": quantization,
-        "reference": "transformers float32, " + ("dequantized weights from the tensor cache" if quantized else "the checkpoint's weights"),
+        "reference": "hf2mlc streaming float32 reference, "
+        + ("dequantized weights from the tensor cache" if quantized else "the checkpoint's weights"),
         "tokens": len(ids) - 1,
         "compared": "prefill of %d tokens, then %d decode steps" % (split, len(per_position) - 1),
         "rel_error_per_position": [round(e, 8) for e in per_position],
@@ -219,7 +168,7 @@ def check_host_build(
     }
     if not report["passed"]:
         raise UserError(
-            f"{lib_path.name}: the host build's logits differ from transformers by {worst:.3g} (relative), above "
+            f"{lib_path.name}: the host build's logits differ from the float32 reference by {worst:.3g} (relative), above "
             f"max_logit_rel_error {max_rel_error} (config/config.yaml). The compiled model is wrong for this "
             "checkpoint; nothing downstream (the iPhone build) will be made from it."
         )

@@ -104,6 +104,7 @@ def build(
     prefill_chunk_size: int,
     ffn_out_dtype: str,
     max_logit_rel_error: float,
+    evaluation_text: str,
 ) -> None:
     """The model library for one target; a host library is also run and checked against transformers."""
     from .compile import compile_model
@@ -138,10 +139,11 @@ def build(
             from .evaluate import check_host_build
 
             params["max_logit_rel_error"] = max_logit_rel_error
+            params["evaluation_text"] = evaluation_text
             with watch("check"):
                 report = check_host_build(
                     Path(model_dir), Path(weights_dir), tmp / f"{lib_name}.so", quantization,
-                    max_rel_error=max_logit_rel_error,
+                    evaluation_text=evaluation_text, max_rel_error=max_logit_rel_error,
                 )
             write_json(tmp / "check.json", report)
         write_manifest(
