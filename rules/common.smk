@@ -237,7 +237,8 @@ def uploads():
 def setting_file(value):
     """An evaluation text or prompt list given as a file path is an input (editing it reruns the jobs that
     read it); a bundled set's name is covered by those rules' code version."""
-    return [value] if "/" in value or value.endswith(".txt") else []
+    path = Path(value)  # (the same test as hf2mlc.evaluation_text.names_a_file)
+    return [value] if len(path.parts) > 1 or path.suffix == ".txt" else []
 
 
 def reference_templates(wildcards):

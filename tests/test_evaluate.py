@@ -191,3 +191,19 @@ def test_host_check_against_the_streaming_dequantized_reference(tiny):
     assert "dequantized" in report["reference"]
     with pytest.raises(UserError, match="max_logit_rel_error"):
         evaluate.check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=1e-7)
+
+
+def test_evaluation_text_is_a_bundled_set_or_a_file(tiny, tmp_path):
+    from hf2mlc.errors import UserError
+
+    model_dir = tiny[0]
+    (tmp_path / "mine.txt").write_text("一つ目の文書です。\n\n二つ目。\n", encoding="utf-8")
+    text = load_evaluation_text(model_dir, "mine.txt", max_tokens=1000, max_len=CONTEXT, base_dir=tmp_path)
+    assert text.name == "mine.txt" and len(text.rows) == 2 and text.tokens == len("一つ目の文書です。") + len("二つ目。")
+    assert text.rows[1] == ([text.rows[1][0][0], *text.rows[1][1][:-1]], text.rows[1][1]) and text.rows[1][1][-1] == 2
+    with pytest.raises(UserError, match="not a bundled set"):
+        load_evaluation_text(model_dir, "no_such_set", max_tokens=10, max_len=CONTEXT)
+    with pytest.raises(UserError, match="does not exist"):
+        load_evaluation_text(model_dir, "missing.txt", max_tokens=10, max_len=CONTEXT, base_dir=tmp_path)
+    with pytest.raises(UserError, match="heldout.txt"):
+        load_evaluation_text(model_dir, "demo_heldout", max_tokens=10, max_len=CONTEXT)
