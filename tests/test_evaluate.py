@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hf2mlc.evaluation_text import DATA, load_evaluation_text
 from tiny_models import load_reference, make_tiny_model, reference_logits
 
 CONTEXT = 64
-FAMILIES = {"line": "config/families/line.yaml", "seed-compat": "config/families/seed-compat.yaml"}
+FAMILIES = [str(Path(__file__).resolve().parents[1] / "config" / "families" / f"{name}.yaml") for name in ("line", "seed-compat")]
 
 
 def _exact_kl(ref_logits: np.ndarray, build_logits: np.ndarray) -> np.ndarray:
@@ -81,17 +82,17 @@ def tiny(tmp_path_factory):
     """A LINE-shaped tiny model with a tokenizer, its q4f16_0 host build, and its reference artefact."""
     from hf2mlc.compile import compile_model
     from hf2mlc.convert import convert_weights
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+    from hf2mlc.spec import TargetSpec
 
     root = tmp_path_factory.mktemp("evaluate")
     model_dir = make_tiny_model(root / "hf", "line", vocab_size=512, max_position_embeddings=CONTEXT)
     _char_tokenizer(model_dir, 512)
     weights = root / "weights"
     convert_weights(model_dir, weights, "q4f16_0", ffn_out_dtype="float32", progress=False)
-    info = compile_model(
-        GPTNeoXConfig.from_file(model_dir), "q4f16_0", "host", root / "lib", lib_name="tiny-q4",
-        context_window_size=CONTEXT, prefill_chunk_size=16, ffn_out_dtype="float32", progress=False,
-    )
+    spec = TargetSpec.create(target="host", quantization="q4f16_0", lib_name="tiny-q4", context_window_size=CONTEXT,
+                             prefill_chunk_size=16, ffn_out_dtype="float32")
+    info = compile_model(GPTNeoXConfig.from_file(model_dir), spec, root / "lib", progress=False)
     ref_dir, answers_dir = root / "reference", root / "answers"
     stages.reference(model_dir=model_dir, out_dir=ref_dir, text="eval_ja", max_tokens=300, max_len=CONTEXT)
     stages.reference_answers(
@@ -183,14 +184,15 @@ def test_kl_from_a_truncated_reference_is_bracketed(tiny, tmp_path, monkeypatch)
 
 def test_host_check_against_the_streaming_dequantized_reference(tiny):
     """The check passes a correct quantized build at float16 rounding and fails, in one line, above its bound."""
+    from hf2mlc.check import check_host_build
     from hf2mlc.errors import UserError
 
     model_dir, weights, lib, _, _ = tiny
-    report = evaluate.check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=2e-2)
+    report = check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=2e-2)
     assert report["passed"] and 0 < report["max_rel_error"] < 5e-3 and report["argmax_agreement"] == 1.0
     assert "dequantized" in report["reference"]
     with pytest.raises(UserError, match="max_logit_rel_error"):
-        evaluate.check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=1e-7)
+        check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=1e-7)
 
 
 def test_evaluation_text_is_a_bundled_set_or_a_file(tiny, tmp_path):

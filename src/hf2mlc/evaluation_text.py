@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .model.config import GPTNeoXConfig
+from .model.gpt_neox.config import GPTNeoXConfig
 
 DATA = Path(__file__).with_name("data")
 #: The demo model's held-out chats (``heldout.txt`` in its download), rendered as MLC's engine shows them.
 DEMO_HELDOUT = "demo_heldout"
-#: Chat prompts for the side-by-side answers when a model names none: one user message per line.
-DEFAULT_PROMPTS = "chat_prompts_ja"
 
 
 @dataclass(frozen=True)
@@ -75,6 +73,12 @@ def names_a_file(setting: str) -> bool:
     """Whether an ``evaluation.text``/``evaluation.prompts`` value is a file path (else a bundled name)."""
     path = Path(setting)
     return len(path.parts) > 1 or path.suffix == ".txt"
+
+
+def bundled_file(setting: str) -> Path | None:
+    """The bundled file a setting names (``src/hf2mlc/data/<name>.txt``), if it names one."""
+    path = DATA / f"{setting}.txt"
+    return path if not names_a_file(setting) and path.is_file() else None
 
 
 def _setting_path(setting: str, base_dir: Path) -> Path:

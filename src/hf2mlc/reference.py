@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .model.config import GELU_TANH, GPTNeoXConfig
+from .model.gpt_neox.config import GELU_TANH, GPTNeoXConfig
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def build_reference(model_dir: Path, out_dir: Path, text: EvaluationText, *, model_digest: str) -> dict[str, Any]:
     """Write arrays/ and reference.json for ``text`` into ``out_dir``; return the summary."""
-    from .model.config import GPTNeoXConfig
+    from .model.gpt_neox.config import GPTNeoXConfig
     from .reference import stream_logit_blocks
 
     config = GPTNeoXConfig.from_file(model_dir)
