@@ -2,6 +2,7 @@
 # files a job needs lives here, all logic about *how* to make them (and every path and name) in src/hf2mlc/.
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ WORKFLOW_DIR = Path(workflow.basedir)
 sys.path.insert(0, str(WORKFLOW_DIR / "src"))
 
 from hf2mlc.closure import code_digest
+from hf2mlc.evaluation_text import bundled_file, names_a_file
 from hf2mlc.families import load_family
 from hf2mlc.layout import (
     benchmark_file,
@@ -19,6 +21,8 @@ from hf2mlc.layout import (
     compile_dir,
     download_dir,
     evaluate_dir,
+    reference_answers_dir,
+    reference_dir,
     log_file,
     package_dir,
     patch_dir,
@@ -56,7 +60,7 @@ def _merged_model(entry):
         "targets": {},
         "host": {**defaults["host"], **entry.get("host", {})},
         "max_logit_rel_error": defaults["max_logit_rel_error"],
-        "evaluation_text": entry.get("evaluation_text", defaults["evaluation_text"]),
+        "evaluation": {**defaults["evaluation"], **entry.get("evaluation", {})},
     }
     for device in DEVICES:
         merged["targets"][device] = {
@@ -210,6 +214,25 @@ def evaluations():
 
 def uploads():
     return [upload_record(m, d) for m in ENABLED for d in config["upload"]["devices"]]
+
+
+def setting_file(value):
+    """The file an evaluation text or prompt list setting names, a file path or a bundled set
+    (src/hf2mlc/data/<name>.txt), as a watched input: editing it reruns the jobs that read it. (Code
+    digests cannot cover it: config, not code, names it.) demo_heldout is part of the download."""
+    if names_a_file(value):
+        return [value]
+    bundled = bundled_file(value)
+    if bundled is None:
+        return []
+    return [os.path.relpath(bundled, WORKFLOW_DIR)]
+
+
+def reference_templates(wildcards):
+    """The family files whose templates the reference answers under: the model's own first, then seed-compat
+    (the 2023 write-up's), so that template errors are told apart from quantization errors."""
+    families = dict.fromkeys([MODELS[wildcards.model]["family"], "seed-compat"])
+    return [f"config/families/{name}.yaml" for name in families]
 
 
 # ---- fail fast: what can be checked before any job runs is checked now (hf2mlc.preflight) ----

@@ -46,6 +46,8 @@ def test_dry_run_plans_the_card_stages(tmp_path: Path) -> None:
         f"compile[{DEMO},target=iphone,quant=q4f16_0]",
         f"check[{DEMO},quant=q0f16]",
         f"check[{DEMO},quant=q4f16_0]",
+        f"reference[{DEMO}]",
+        f"reference_answers[{DEMO}]",
         f"evaluate[{DEMO},quant=q4f16_0]",
         f"package[{DEMO},device=iphone]",
     ])
@@ -60,11 +62,16 @@ def test_schema_and_wildcard_name_exactly_the_registered_quantizations() -> None
     assert QUANTIZATION_PATTERN.split("|") == list(QUANTIZATIONS)
 
 
-def test_schema_names_exactly_the_evaluation_texts() -> None:
-    from hf2mlc.evaluate import EVALUATION_TEXTS
+def test_config_names_bundled_evaluation_texts_and_prompts() -> None:
+    """Every evaluation text and prompt list the shipped config names by name is bundled (or the demo's own)."""
+    from hf2mlc.evaluation_text import DATA, DEMO_HELDOUT, load_prompts, names_a_file
 
-    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
-    assert schema["$defs"]["evaluation_text"]["enum"] == list(EVALUATION_TEXTS)
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    settings = [cfg["defaults"]["evaluation"], *(m.get("evaluation", {}) for m in cfg["models"])]
+    texts = {s["text"] for s in settings if "text" in s}
+    assert texts and not any(names_a_file(t) for t in texts)
+    assert all(t == DEMO_HELDOUT or (DATA / f"{t}.txt").is_file() for t in texts)
+    assert all(load_prompts(s["prompts"]) for s in settings if "prompts" in s)
 
 
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
@@ -156,7 +163,7 @@ def test_iphone_quantization_change_reruns_only_the_iphone_path(built: dict) -> 
 
 
 @pytest.mark.slow
-def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
+def test_template_change_reruns_patch_answers_and_package_only(built: dict) -> None:
     work = built["work"]
     family = work / "config" / "families" / "line.yaml"
     original = family.read_text(encoding="utf-8")
@@ -164,7 +171,11 @@ def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
         data = yaml.safe_load(original)
         data["template"]["system_message"] = "あなたは親切なアシスタントです。"
         family.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-        _assert_plan(work, {f"patch[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
+        # The evaluations show answers under this template: they are redone, the reference on the text is not.
+        _assert_plan(work, {
+            f"patch[{DEMO}]", f"reference_answers[{DEMO}]", f"evaluate[{DEMO},quant=q0f16]",
+            f"evaluate[{DEMO},quant=q4f16_0]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]",
+        })
     finally:
         family.write_text(original, encoding="utf-8")
 
@@ -258,7 +269,8 @@ def test_every_output_has_an_intact_manifest(built: dict) -> None:
     results = built["work"] / "results"
     stage_dirs = [p.parent for p in results.rglob("manifest.json")]
     stages = {read_manifest(d)["stage"] for d in stage_dirs}
-    assert stages == {"download", "patch", "convert", "compile", "check", "tokenizer", "evaluate", "package"}
+    assert stages == {"download", "patch", "convert", "compile", "check", "tokenizer", "reference", "reference_answers",
+                      "evaluate", "package"}
     for directory in stage_dirs:
         assert verify_manifest(directory) == [], directory
         manifest = read_manifest(directory)

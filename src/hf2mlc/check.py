@@ -1,9 +1,12 @@
-"""Is the compiled model right? The host library against transformers, on the numbers the library holds.
+"""Is the compiled model right? The host library against the float32 reference, on the numbers it holds.
 
 :func:`check_host_build` runs a prefill and a few decode steps of the host library and compares its logits
-with transformers in float32 holding the **same numbers** (for a quantized build, the dequantized weights
-from its tensor cache: :func:`dequantized_reference`). A relative error above the bound fails the check,
-and the iPhone compile waits on the check, so a wrong library never reaches a device. What quantization
+with :mod:`hf2mlc.reference`'s streaming float32 forward on the **same numbers** (for a quantized build,
+the dequantized weights of its tensor cache: :class:`hf2mlc.reference.TensorCacheWeights`), one layer's
+weights in memory at a time. A relative error above the bound fails the check, and the iPhone compile
+waits on the check, so a wrong library never reaches a device. :func:`dequantized_reference` is the same
+reference as transformers builds it, whole in memory: what the tests hold the library and the streaming
+weight source to. What quantization
 *cost* is measured elsewhere (:mod:`hf2mlc.evaluate`).
 """
 
@@ -16,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .evaluate import document_rows
 from .model.gpt_neox.config import GPTNeoXConfig
 
 #: Decode steps compared by the check (after a prefill of the rest of the prompt).
@@ -112,14 +114,21 @@ def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
 def check_host_build(
     model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, *, evaluation_text: str, max_rel_error: float
 ) -> dict[str, Any]:
-    """Prefill + decode logits of the host library against the transformers reference; fail above the bound."""
+    """Prefill + decode logits of the host library against the streaming float32 reference on the same
+    numbers (the dequantized tensor cache for a quantized build, the checkpoint otherwise); fail above the bound.
+
+    The reference streams the weights layer by layer (:mod:`hf2mlc.reference`): one layer's float32 weights
+    in memory, not the whole model, and no wait for the evaluation's reference on the whole text.
+    """
+    from .evaluation_text import load_evaluation_text
     from .quantization import get_quantization
+    from .reference import TensorCacheWeights, stream_forward
     from .runtime import Engine
 
-    _, rows = document_rows(model_dir, evaluation_text, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
-    ids = rows[0][0]
+    text = load_evaluation_text(model_dir, evaluation_text, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
+    ids = text.rows[0][0]
     if len(ids) <= CHECK_DECODE_STEPS + 1:
-        raise UserError(f"{model_dir}: the evaluation text is too short for the build check.")
+        raise UserError(f"{model_dir}: the first document of evaluation text {evaluation_text!r} is too short for the build check.")
     split = len(ids) - CHECK_DECODE_STEPS
     engine = Engine(lib_path, weights_dir)
     logits = [engine.prefill(ids[:split])]
@@ -129,15 +138,14 @@ def check_host_build(
     del engine
     gc.collect()
     quantized = get_quantization(quantization).kind != "no-quant"
-    model = dequantized_reference(model_dir, weights_dir, quantization) if quantized else original_reference(model_dir)
-    ref = transformers_logits(model, ids[:-1])[split - 1 :]
-    del model
-    gc.collect()
+    source = TensorCacheWeights(weights_dir, GPTNeoXConfig.from_file(model_dir), quantization) if quantized else None
+    ref = stream_forward(model_dir, np.asarray(ids[:-1]), weights=source)[split - 1 :]
     per_position = [_rel_error(a, b) for a, b in zip(ours, ref)]
     worst = max(per_position)
     report = {
         "quantization": quantization,
-        "reference": "transformers float32, " + ("dequantized weights from the tensor cache" if quantized else "the checkpoint's weights"),
+        "reference": "hf2mlc streaming float32 reference, "
+        + ("dequantized weights from the tensor cache" if quantized else "the checkpoint's weights"),
         "tokens": len(ids) - 1,
         "compared": "prefill of %d tokens, then %d decode steps" % (split, len(per_position) - 1),
         "rel_error_per_position": [round(e, 8) for e in per_position],
@@ -148,10 +156,8 @@ def check_host_build(
     }
     if not report["passed"]:
         raise UserError(
-            f"{lib_path.name}: the host build's logits differ from transformers by {worst:.3g} (relative), above "
+            f"{lib_path.name}: the host build's logits differ from the float32 reference by {worst:.3g} (relative), above "
             f"max_logit_rel_error {max_rel_error} (config/config.yaml). The compiled model is wrong for this "
             "checkpoint; nothing downstream (the iPhone build) will be made from it."
         )
     return report
-
-

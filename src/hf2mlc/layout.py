@@ -48,6 +48,14 @@ def check_dir(model: str, quant: str, results: str = RESULTS) -> str:
     return f"{results}/check/{model}/{quant}"
 
 
+def reference_dir(model: str, results: str = RESULTS) -> str:
+    return f"{results}/reference/{model}"
+
+
+def reference_answers_dir(model: str, results: str = RESULTS) -> str:
+    return f"{results}/reference_answers/{model}"
+
+
 def evaluate_dir(model: str, quant: str, results: str = RESULTS) -> str:
     return f"{results}/evaluate/{model}/{quant}"
 

@@ -31,9 +31,15 @@ from .model.gpt_neox.config import GPTNeoXConfig
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
-#: Bytes per parameter of the stages that hold a float32 transformers model (4) next to the engine's
-#: weights (at most float16, 2): the host check and the evaluation.
-REFERENCE_BYTES_PER_PARAM = 6
+#: Bytes per parameter of the host engine's weights (at most float16): the check and the evaluation.
+ENGINE_BYTES_PER_PARAM = 2
+#: Bytes per element of the largest tensor the streaming float32 reference (hf2mlc.reference) holds at
+#: once: the embedding or head as read (float16, 2) and widened (float32, 4). One layer's float32 weights
+#: are smaller than that at every GPT-NeoX shape; the text's activations are ACTIVATION_BYTES.
+STREAMING_LARGEST_TENSOR_BYTES = 6
+#: Activations of 10,000 evaluation tokens (LINE: [tokens, 4·hidden] float32 twice, ~1 GB), or a block of
+#: an evaluation's logits and log-probabilities.
+ACTIVATION_BYTES = 1 * GiB
 #: Copies of the largest float32 tensor the conversion holds at once (source, float32 copy, packed outputs).
 CONVERT_LARGEST_TENSOR_COPIES = 4
 #: Interpreter, torch, TVM and allocator overhead of any stage.
@@ -128,12 +134,19 @@ def check_checkpoint(model_dir: Path, *, where: str) -> tuple[GPTNeoXConfig, int
 
 
 def stage_peak_bytes(params: int, largest_tensor: int) -> dict[str, int]:
-    """Estimated peak resident memory of the stages that scale with the model."""
-    reference = params * REFERENCE_BYTES_PER_PARAM + BASE_BYTES
+    """Estimated peak resident memory of the stages that scale with the model.
+
+    The float32 reference streams the checkpoint (measured at LINE's 3.6B: 1.8 GB for 1,000 or 10,000
+    tokens); the check frees the engine before it streams the reference, so it needs the larger of the two.
+    """
+    streaming = largest_tensor * STREAMING_LARGEST_TENSOR_BYTES + ACTIVATION_BYTES + BASE_BYTES
+    engine = params * ENGINE_BYTES_PER_PARAM + BASE_BYTES
     return {
         "convert": largest_tensor * 4 * CONVERT_LARGEST_TENSOR_COPIES + BASE_BYTES,
-        "check": reference,
-        "evaluate": reference,
+        "check": max(engine, streaming),
+        "reference": streaming,
+        "reference_answers": streaming,
+        "evaluate": engine + ACTIVATION_BYTES,
     }
 
 
@@ -153,8 +166,8 @@ def check_memory(params: int, largest_tensor: int, *, where: str, stages: Iterab
                  memory: tuple[int, int] | None = None) -> None:
     """Refuse a stage whose estimated peak exceeds the machine's memory; warn when it exceeds what is free.
 
-    The estimate is an upper bound (it assumes the float32 reference is held whole), so only a model that
-    cannot fit this machine at all is refused; one that needs memory now in use by others is a warning.
+    The estimate is an upper bound, so only a model that cannot fit this machine at all is refused; one
+    that needs memory now in use by others is a warning.
     """
     memory = machine_memory_bytes() if memory is None else memory
     if memory is None:

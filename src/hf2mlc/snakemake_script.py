@@ -67,7 +67,9 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
 #: The log line that lists the hf2mlc modules a job loaded.
 LOADED_MODULES_LINE = "hf2mlc modules loaded: "
 #: Params and inputs that are for Snakemake only (rerun decisions, job order), not stage arguments.
-WORKFLOW_ONLY = ("code", "gate")
+#: ``watched``: files a stage reads through a setting (an evaluation text named by path), inputs so that
+#: editing them reruns the job.
+WORKFLOW_ONLY = ("code", "gate", "watched")
 
 
 def stage_arguments(stage: Callable[..., Any], snakemake: Any) -> dict[str, Any]:

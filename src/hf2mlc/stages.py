@@ -181,24 +181,83 @@ def tokenizer(*, model_dir: StrPath, out_dir: StrPath) -> None:
         )
 
 
-def evaluate(
-    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, check_dir: StrPath, out_dir: StrPath,
-    quantization: str, evaluation_text: str,
+def reference(*, model_dir: StrPath, out_dir: StrPath, text: str, max_tokens: int, max_len: int) -> None:
+    """The float32 reference of the model on its evaluation text (rule reference), once per model and text."""
+    from .convert import peak_rss_mb
+    from .evaluation_text import load_evaluation_text
+    from .manifest import input_digest
+    from .reference_cache import build_reference
+
+    model_dir = Path(model_dir)
+    watch = Stopwatch()
+    evaluation_text = load_evaluation_text(model_dir, text, max_tokens=max_tokens, max_len=max_len)
+    with atomic_output_dir(out_dir) as tmp:
+        with watch("reference"):
+            summary = build_reference(model_dir, tmp, evaluation_text, model_digest=input_digest(model_dir))
+        write_manifest(
+            tmp,
+            stage="reference",
+            inputs={"model": model_dir},
+            params={"text": text, "max_tokens": max_tokens, "max_len": max_len},
+            timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
+            extra={"text": summary["text"], "model": summary["model"]},
+        )
+
+
+def reference_answers(
+    *, model_dir: StrPath, out_dir: StrPath, family_files: list[str], prompts: str, answer_tokens: int
 ) -> None:
-    """Perplexity, agreement and KL of the (checked) host build against transformers on held-out text."""
+    """The reference's greedy answers to the chat prompts under each family file's template (the model's
+    own first), keyed by file name (``line``, ``seed-compat``)."""
+    from . import families
+    from .convert import peak_rss_mb
+    from .evaluation_text import chat_prompts, load_prompts, load_tokenizer
+    from .reference_cache import build_answers
+
+    model_dir = Path(model_dir)
+    watch = Stopwatch()
+    loaded = {Path(path).stem: families.load_family(Path(path)) for path in family_files}
+    own = next(iter(loaded.values()))
+    messages = [content for role, content in own.example_messages if role == "user"]
+    messages += [m for m in load_prompts(prompts) if m not in messages]
+    templates = {name: families.conv_template(family) for name, family in loaded.items()}
+    rendered = chat_prompts(templates, messages, load_tokenizer(model_dir).encode)
+    with atomic_output_dir(out_dir) as tmp:
+        with watch("answers"):
+            build_answers(model_dir, tmp, rendered, answer_tokens=answer_tokens)
+        write_manifest(
+            tmp,
+            stage="reference_answers",
+            inputs={"model": model_dir, **{f"family_{Path(path).stem}": path for path in family_files}},
+            params={"prompts": prompts, "answer_tokens": answer_tokens, "templates": list(loaded)},
+            timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
+        )
+
+
+def evaluate(
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, check_dir: StrPath, reference_dir: StrPath,
+    answers_dir: StrPath, out_dir: StrPath, quantization: str,
+) -> None:
+    """Perplexity (with interval), KL, agreement and greedy answers of the (checked) host build against the
+    stored float32 reference."""
+    from .convert import peak_rss_mb
     from .evaluate import evaluate_build
 
     lib = host_library(compile_dir)
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
-            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, tmp, evaluation_text=evaluation_text)
+            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, Path(reference_dir), Path(answers_dir), tmp)
         write_manifest(
             tmp,
             stage="evaluate",
-            inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir, "check": check_dir},
-            params={"quantization": quantization, "evaluation_text": evaluation_text},
+            inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir, "check": check_dir,
+                    "reference": reference_dir, "answers": answers_dir},
+            params={"quantization": quantization},
             timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
         )
 
 
