@@ -77,17 +77,14 @@ def _slot_ordered(func: tirx.PrimFunc) -> tirx.PrimFunc | None:
     return func.with_body(tirx.SeqStmt([func.body.seq[i] for i in order]))
 
 
-@tvm.transform.module_pass(opt_level=0, name="OrderShapeHeapStores")
+@tvm.tirx.transform.prim_func_pass(opt_level=0, name="OrderShapeHeapStores")
 class OrderShapeHeapStores:
     """Sort the stores of every shape function by slot index (run right after VMShapeLower)."""
 
-    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for g_var, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc) and func.attrs and func.attrs.get("tirx.is_host_func", False):
-                ordered = _slot_ordered(func)
-                if ordered is not None:
-                    updates[g_var] = ordered
-        for g_var, func in updates.items():
-            mod[g_var] = func
-        return mod
+    def transform_function(
+        self, func: tirx.PrimFunc, _mod: tvm.IRModule, _ctx: tvm.transform.PassContext
+    ) -> tirx.PrimFunc:
+        if not (func.attrs and func.attrs.get("tirx.is_host_func", False)):
+            return func
+        ordered = _slot_ordered(func)
+        return func if ordered is None else ordered
