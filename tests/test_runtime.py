@@ -13,6 +13,9 @@ Relative error = max |logits - reference| / max |reference|, per position.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -68,15 +71,19 @@ class _Builds:
         key = (variant, quantization, ffn_out_dtype)
         if key not in self._built:
             model_dir = self.model_dir(variant)
-            name = f"{variant}-{quantization}-{ffn_out_dtype}"
-            weights = self.root / f"w-{name}"
+            spec = self.spec(*key)
+            weights = self.root / f"w-{spec.lib_name}"
             convert_weights(model_dir, weights, quantization, ffn_out_dtype=ffn_out_dtype, progress=False)
             config = GPTNeoXConfig.from_file(model_dir)
-            spec = TargetSpec.create(target="host", quantization=quantization, lib_name=name,
-                                     context_window_size=CONTEXT, prefill_chunk_size=CHUNK, ffn_out_dtype=ffn_out_dtype)
             info = compile_model(config, spec, self.root / "libs", progress=False)
             self._built[key] = (model_dir, weights, self.root / "libs" / info["files"][0], config)
         return self._built[key]
+
+    @staticmethod
+    def spec(variant: str, quantization: str, ffn_out_dtype: str = "float32") -> TargetSpec:
+        """The host library's spec; its name also names the weights directory."""
+        return TargetSpec.create(target="host", quantization=quantization, lib_name=f"{variant}-{quantization}-{ffn_out_dtype}",
+                                 context_window_size=CONTEXT, prefill_chunk_size=CHUNK, ffn_out_dtype=ffn_out_dtype)
 
     def engine(self, variant: str, quantization: str, ffn_out_dtype: str = "float32") -> Engine:
         _model_dir, weights, lib, _config = self.get(variant, quantization, ffn_out_dtype)
@@ -353,3 +360,22 @@ def test_mismatched_weights_are_a_user_error(builds):
         Engine(lib_q0, lib_q0.parent)
     with pytest.raises(UserError, match="model library not found"):
         Engine(lib_q0.parent / "nope.so", weights_q4)
+
+
+def test_host_library_bytes_do_not_depend_on_the_process(builds, tmp_path):
+    # The workflow's rebuild from empty results must be byte-identical: the same library built again in
+    # a fresh process, with another hash seed and into another directory, is the same file (build id included).
+    model_dir, _weights, lib, _config = builds.get("line", "q0f32")
+    code = (
+        "import json, sys; from hf2mlc.compile import compile_model; from hf2mlc.spec import TargetSpec; "
+        "from hf2mlc.model.gpt_neox.config import GPTNeoXConfig; "
+        "compile_model(GPTNeoXConfig.from_file(sys.argv[1]), TargetSpec.from_params(json.loads(sys.argv[2])), "
+        "sys.argv[3], progress=False)"
+    )
+    seed = "1" if os.environ.get("PYTHONHASHSEED") == "0" else "0"
+    params = json.dumps(builds.spec("line", "q0f32").as_params())
+    subprocess.run(
+        [sys.executable, "-c", code, str(model_dir), params, str(tmp_path)],
+        env={**os.environ, "PYTHONHASHSEED": seed}, check=True, capture_output=True,
+    )
+    assert (tmp_path / lib.name).read_bytes() == lib.read_bytes()

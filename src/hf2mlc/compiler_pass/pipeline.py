@@ -3,7 +3,8 @@
 The order follows MLC LLM's ``mlc_llm`` pipeline where it matters for the ABI and for speed:
 variable bounds before memory planning, NT matmuls before legalization, dlight schedules on GPU
 targets (with the Metal workaround active during scheduling), and ``_metadata`` attached right after
-memory planning so that it records the planned activation memory.
+memory planning so that it records the planned activation memory.  The shape functions VMShapeLower
+writes get a fixed store order (:mod:`.shape_heap`), so that the same model gives the same library bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .cpu_schedule import ScheduleCPUMatmul
 from .engine_functions import AttachEngineFunctions
 from .metadata import AttachMetadata, AttachVariableBounds
 from .metal_matmul import metal_matmul_disabled
+from .shape_heap import OrderShapeHeapStores
 from .transpose_matmul import FuseTransposeMatmul
 
 
@@ -109,6 +111,7 @@ def model_pipeline(
             relax.transform.LowerRuntimeBuiltin(),
             relax.transform.ComputePrimValue(),
             relax.transform.VMShapeLower(),
+            OrderShapeHeapStores(),  # VMShapeLower's store order varies from process to process
             relax.transform.AttachGlobalSymbol(),
         ]
         with target, metal_matmul_disabled():
