@@ -87,12 +87,13 @@ def local_source(wildcards):
     source = MODELS[wildcards.model]["source"]
     if source == "demo" or source.startswith("hf://"):
         return []
-    return [source]
+    return [local(source)]
 
 
 def family_file(wildcards):
-    # Relative (as all job paths are), so no artifact records where the checkout lives.
-    return f"config/families/{MODELS[wildcards.model]['family']}.yaml"
+    # Relative (as all job paths are), so no artifact records where the checkout lives; local(): a file of
+    # the checkout, never staged through a storage provider (profiles/kubernetes).
+    return local(f"config/families/{MODELS[wildcards.model]['family']}.yaml")
 
 
 def family_overrides(model):
