@@ -27,6 +27,7 @@ include: "rules/tokenizer.smk"
 include: "rules/evaluate.smk"
 include: "rules/package.smk"
 include: "rules/upload.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -34,6 +35,10 @@ localrules:
     iphone_bundle,
     mac_bundle,
     evaluate_all,
+    summary,
+
+
+report: "report/workflow.rst"
 
 
 rule all:
@@ -61,3 +66,11 @@ rule evaluate_all:
     """Host builds of every quantization against transformers."""
     input:
         evaluations(),
+
+
+rule summary:
+    """The run's tables (results/summary.tsv, results/quality.tsv) and the report's plots; then
+    `snakemake --report report.html summary` writes the HTML report."""
+    input:
+        rules.tables.output,
+        expand(f"{RESULTS}/report/{{plot}}.png", plot=PLOTS),

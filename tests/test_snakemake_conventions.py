@@ -5,7 +5,6 @@ cluster profiles whose dry runs plan the whole bundle."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +72,7 @@ def test_catalog_entry_names_the_deployment_and_report() -> None:
 
 
 def _workflow(tmp_path: Path) -> Path:
-    work = copy_workflow(tmp_path / "wf")
-    shutil.copytree(REPO / ".test", work / ".test")
-    return work
+    return copy_workflow(tmp_path / "wf")
 
 
 @pytest.mark.parametrize(
