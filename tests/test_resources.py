@@ -14,7 +14,8 @@ from hf2mlc.resources import DEMO_PARAMETERS, LINE_3_6B_PARAMETERS, MEASURED_PEA
 
 #: LINE's japanese-large-lm-3.6b config.json (the sizes that matter).
 LINE = {"model_type": "gpt_neox", "hidden_size": 3072, "num_attention_heads": 32, "num_hidden_layers": 30,
-        "intermediate_size": 12288, "vocab_size": 51200, "tie_word_embeddings": False}
+        "intermediate_size": 12288, "vocab_size": 51200, "tie_word_embeddings": True,
+        "use_parallel_residual": False}
 
 
 def _line() -> GPTNeoXConfig:
@@ -23,10 +24,10 @@ def _line() -> GPTNeoXConfig:
 
 def test_measured_models_parameter_counts() -> None:
     assert parameter_count(_line()) == LINE_3_6B_PARAMETERS
-    # Hugging Face's own count of LINE's 3.6B: embeddings, 30 layers, final norm, untied head.
+    # LINE's 3.6B counted by hand: embeddings (tied to the head), 30 layers, final norm.
     h, i, v, n = 3072, 12288, 51200, 30
     layer = (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (h * i + h) + 4 * h
-    assert LINE_3_6B_PARAMETERS == v * h + n * layer + 2 * h + v * h
+    assert LINE_3_6B_PARAMETERS == v * h + n * layer + 2 * h
     demo_config = GPTNeoXConfig.from_dict(demo.model_config())
     assert parameter_count(demo_config) == DEMO_PARAMETERS
 
