@@ -143,44 +143,35 @@ def _row_copy_kernels(gpu: bool, threads: int) -> dict[str, tirx.PrimFunc]:
     """``gather_probs``: ``dst[i] = src[indices[i]]``; ``scatter_probs``: ``dst[indices[i]] = src[i]``.
 
     Both write into the engine's own ``dst`` buffer (its argument order is src, indices, dst), one
-    element per thread on a GPU.
+    element per thread on a GPU.  (``gather`` is a Python constant: TVMScript resolves it while parsing.)
     """
     tx = threads
 
     def loop(extent, tag):
         return T.thread_binding(extent, thread=tag) if gpu else T.serial(extent)
 
-    @T.prim_func(s_tir=True)
-    def gather_probs(var_src: T.handle, var_indices: T.handle, var_dst: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        batch_size, rows, vocab_size = T.int32(), T.int32(), T.int32()
-        src = T.match_buffer(var_src, (rows, vocab_size), "float32")
-        indices = T.match_buffer(var_indices, (batch_size,), "int32")
-        dst = T.match_buffer(var_dst, (batch_size, vocab_size), "float32")
-        for p0 in loop((batch_size * vocab_size + tx - 1) // tx, "blockIdx.x"):
-            for p1 in loop(tx, "threadIdx.x"):
-                with T.sblock("gather"):
-                    vb = T.axis.spatial(batch_size, (p0 * tx + p1) // vocab_size)
-                    vj = T.axis.spatial(vocab_size, (p0 * tx + p1) % vocab_size)
-                    T.where(p0 * tx + p1 < batch_size * vocab_size)
-                    dst[vb, vj] = src[indices[vb], vj]
+    def copy_rows(gather: bool) -> tirx.PrimFunc:
+        @T.prim_func(s_tir=True)
+        def kernel(var_src: T.handle, var_indices: T.handle, var_dst: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            batch_size, rows, vocab_size = T.int32(), T.int32(), T.int32()
+            src = T.match_buffer(var_src, (rows if gather else batch_size, vocab_size), "float32")
+            indices = T.match_buffer(var_indices, (batch_size,), "int32")
+            dst = T.match_buffer(var_dst, (batch_size if gather else rows, vocab_size), "float32")
+            for p0 in loop((batch_size * vocab_size + tx - 1) // tx, "blockIdx.x"):
+                for p1 in loop(tx, "threadIdx.x"):
+                    with T.sblock("copy_rows"):
+                        vb = T.axis.spatial(batch_size, (p0 * tx + p1) // vocab_size)
+                        vj = T.axis.spatial(vocab_size, (p0 * tx + p1) % vocab_size)
+                        T.where(p0 * tx + p1 < batch_size * vocab_size)
+                        if gather:
+                            dst[vb, vj] = src[indices[vb], vj]
+                        else:
+                            dst[indices[vb], vj] = src[vb, vj]
 
-    @T.prim_func(s_tir=True)
-    def scatter_probs(var_src: T.handle, var_indices: T.handle, var_dst: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        batch_size, rows, vocab_size = T.int32(), T.int32(), T.int32()
-        src = T.match_buffer(var_src, (batch_size, vocab_size), "float32")
-        indices = T.match_buffer(var_indices, (batch_size,), "int32")
-        dst = T.match_buffer(var_dst, (rows, vocab_size), "float32")
-        for p0 in loop((batch_size * vocab_size + tx - 1) // tx, "blockIdx.x"):
-            for p1 in loop(tx, "threadIdx.x"):
-                with T.sblock("scatter"):
-                    vb = T.axis.spatial(batch_size, (p0 * tx + p1) // vocab_size)
-                    vj = T.axis.spatial(vocab_size, (p0 * tx + p1) % vocab_size)
-                    T.where(p0 * tx + p1 < batch_size * vocab_size)
-                    dst[indices[vb], vj] = src[vb, vj]
+        return kernel
 
-    return {"gather_probs": gather_probs, "scatter_probs": scatter_probs}
+    return {"gather_probs": copy_rows(True), "scatter_probs": copy_rows(False)}
 
 
 def _verify_kernel(gpu: bool) -> tirx.PrimFunc:
