@@ -115,3 +115,63 @@ def test_a_new_plot_is_one_registration(results: dict) -> None:
             plots.plot("wall-time-test")(wall_time)
     finally:
         plots.PLOTS.pop("wall-time-test")
+
+
+# ---------------------------------------------------------------- end to end, on the demo workflow's run
+
+
+@pytest.fixture(scope="module")
+def q4f16_1_run(demo_workflow: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The demo run copied, then its iPhone bundle rebuilt in q4f16_1 (.test/config/demo-iphone-q4f16_1.yaml),
+    the tables and plots made, and Snakemake's HTML report written: what CI checks of the report."""
+    import shutil
+
+    from workflow_helpers import snakemake
+
+    work = tmp_path_factory.mktemp("q4f16_1") / "wf"
+    shutil.copytree(demo_workflow["work"], work, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
+    config = ("--configfile", ".test/config/demo-iphone-q4f16_1.yaml")
+    run = snakemake(work, "summary", "--cores", "2", *config)
+    report = snakemake(work, "summary", "--report", "report.html", *config)
+    return {"work": work, "run": run, "report": report}
+
+
+@pytest.mark.slow
+def test_q4f16_1_iphone_bundle_of_the_demo(q4f16_1_run: dict) -> None:
+    package = q4f16_1_run["work"] / "results" / "package" / "demo" / "iphone"
+    model_id = "hf2mlc-demo-gpt-neox-q4f16_1-MLC"
+    chat = json.loads((package / "bundle" / model_id / "mlc-chat-config.json").read_text(encoding="utf-8"))
+    assert chat["quantization"] == "q4f16_1"
+    app = json.loads((package / "bundle" / "mlc-app-config.json").read_text(encoding="utf-8"))
+    assert [m["model_id"] for m in app["model_list"]] == [model_id]
+    libs = sorted(p.name for p in (package / "lib").iterdir())
+    assert any(name.endswith(".tar") for name in libs), libs
+    cache = json.loads((package / "bundle" / model_id / "tensor-cache.json").read_text(encoding="utf-8"))
+    names = {r["name"] for shard in cache["records"] for r in shard["records"]}
+    assert "gpt_neox.layers.0.attention.query_key_value.q_weight" in names
+
+
+@pytest.mark.slow
+def test_summary_tables_of_the_run(q4f16_1_run: dict) -> None:
+    results = q4f16_1_run["work"] / "results"
+    jobs = pd.read_csv(results / "summary.tsv", sep="\t").set_index("job")
+    for job in ("download/demo", "convert/demo/q4f16_1", "package/demo/iphone", "package/demo/mac"):
+        assert job in jobs.index, sorted(jobs.index)
+        assert jobs.loc[job, "wall_s"] > 0 and jobs.loc[job, "max_rss_mib"] > 0, job
+    quality = pd.read_csv(results / "quality.tsv", sep="\t").set_index("quantization")
+    assert set(quality.index) == {"q0f16", "q4f16_1"}
+    report = json.loads((results / "evaluate" / "demo" / "q4f16_1" / "report.json").read_text(encoding="utf-8"))
+    assert quality.loc["q4f16_1", "perplexity"] == pytest.approx(report["build"]["perplexity"])
+    assert jobs.loc["package/demo/iphone", "quantization"] == "q4f16_1"
+    assert jobs.loc["package/demo/iphone", "top1_agreement"] == pytest.approx(report["top1_agreement"])
+
+
+@pytest.mark.slow
+def test_snakemake_report_holds_the_plots(q4f16_1_run: dict) -> None:
+    html = (q4f16_1_run["work"] / "report.html").read_text(encoding="utf-8")
+    assert len(html) > 100_000
+    for name in plots.PLOTS:
+        assert f"{name}.png" in html
+    assert "iVBORw0KGgo" in html  # a PNG, embedded (base64 of its signature)
+    caption = (REPO / "report" / "plots" / "quality.rst").read_text(encoding="utf-8").split()[:6]
+    assert " ".join(caption) in html
