@@ -1,20 +1,24 @@
 rule evaluate:
-    """What quantization cost: the host build of one quantization against transformers (float32) on
-    held-out text: perplexity, top-1 agreement, KL divergence."""
+    """What quantization cost: the (checked) host library of one quantization against transformers
+    (float32) on held-out text: perplexity, top-1 agreement, KL divergence."""
     input:
-        model=download_dir("{model}"),
-        weights=weights_dir("{model}", "{quant}"),
-        build=lambda wildcards: build_dir(wildcards.model, "host", wildcards.quant),
+        model_dir=download_dir("{model}"),
+        weights_dir=weights_dir("{model}", "{quant}"),
+        compile_dir=compile_dir("{model}", "host", "{quant}"),
+        check_dir=check_dir("{model}", "{quant}"),
     output:
         directory(evaluate_dir("{model}", "{quant}")),
     params:
         quantization="{quant}",
-        code=code_version("evaluate.py", "runtime.py", "data"),
+        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation_text"],
+        code=code_version("evaluate"),
     threads: 2
+    resources:
+        mem_mb=mem_mb("evaluate"),
     log:
-        "results/logs/evaluate/{model}/{quant}.log",
+        log_file("evaluate", "{model}/{quant}"),
     benchmark:
-        "results/benchmarks/evaluate/{model}/{quant}.tsv"
+        benchmark_file("evaluate", "{model}/{quant}")
     conda:
         "../envs/build.yaml"
     script:

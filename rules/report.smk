@@ -1,33 +1,35 @@
 # The run's tables and the report's plots (snakemake --report report.html summary).
 # One plot per caption in report/plots/ (its function in src/hf2mlc/plots.py).
-PLOTS = sorted(p.stem for p in (Path(workflow.basedir) / "report" / "plots").glob("*.rst"))
+PLOTS = sorted(p.stem for p in (WORKFLOW_DIR / "report" / "plots").glob("*.rst"))
 # The tables rule's own benchmark, left out of the job table (an earlier run's would be stale).
-TABLES_BENCHMARK = f"{RESULTS}/benchmarks/summary/tables.tsv"
+TABLES_BENCHMARK = benchmark_file("summary", "tables")
 
 
 rule tables:
     """The job table (benchmarks, with each bundle's quality) and the quality table, read with pandas."""
     input:
-        bundles=bundles("iphone") + bundles("mac"),
-        evaluations=evaluations(),
+        bundles("iphone"),
+        bundles("mac"),
+        evaluations(),
     output:
-        summary=report(f"{RESULTS}/summary.tsv", caption="../report/summary.rst", category="Run"),
-        quality=report(f"{RESULTS}/quality.tsv", caption="../report/quality.rst", category="Quality"),
+        summary=report(summary_table(), caption="../report/summary.rst", category="Run"),
+        quality=report(quality_table(), caption="../report/quality.rst", category="Quality"),
     params:
-        # "<model>/<quant>" -> its report.json; "package/<model>/<device>" -> the bundle's model and quantization
+        # "<model>/<quant>" -> its report.json; a package job (named as its benchmark file names it,
+        # "package/<model>/<device>") -> the bundle's model and quantization
         reports=lambda wildcards: {
-            f"{m}/{q}": f"{evaluate_dir(m, q)}/report.json" for m in ENABLED for q in host_quants(m)
+            f"{m}/{q}": f"{evaluate_dir(m, q)}/{EVALUATION_REPORT}" for m in ENABLED for q in host_quants(m)
         },
         bundles=lambda wildcards: {
-            package_dir(m, d).removeprefix(f"{RESULTS}/"): {"model": m, "quantization": device_quant(m, d)}
-            for m in ENABLED
-            for d in DEVICES
+            f"package/{m}/{d}": {"model": m, "quantization": device_quant(m, d)} for m in ENABLED for d in DEVICES
         },
-        benchmarks=f"{RESULTS}/benchmarks",
+        benchmarks=benchmarks_dir(),
         own_benchmark=TABLES_BENCHMARK,
-        code=code_version("summary.py"),
+        code=code_version("tables"),
+    resources:
+        mem_mb=mem_mb("tables"),
     log:
-        "results/logs/summary/tables.log",
+        log_file("summary", "tables"),
     benchmark:
         TABLES_BENCHMARK
     conda:
@@ -42,23 +44,22 @@ rule plot:
         summary=rules.tables.output.summary,
         quality=rules.tables.output.quality,
     output:
-        report(
-            f"{RESULTS}/report/{{plot}}.png",
-            caption="../report/plot.rst",
-            category="Quality",
-            labels={"plot": "{plot}"},
-        ),
+        png=report(plot_file("{plot}"), caption="../report/plot.rst", category="Quality", labels={"plot": "{plot}"}),
     wildcard_constraints:
         plot="|".join(PLOTS),
     params:
-        caption=lambda wildcards: (Path(workflow.basedir) / "report" / "plots" / f"{wildcards.plot}.rst").read_text(
+        name="{plot}",
+        # The caption of report/plot.rst (a template): this plot's own, report/plots/<plot>.rst.
+        caption=lambda wildcards: (WORKFLOW_DIR / "report" / "plots" / f"{wildcards.plot}.rst").read_text(
             encoding="utf-8"
         ),
-        code=code_version("plots.py", "summary.py"),
+        code=code_version("plot"),
+    resources:
+        mem_mb=mem_mb("plot"),
     log:
-        "results/logs/plot/{plot}.log",
+        log_file("plot", "{plot}"),
     benchmark:
-        "results/benchmarks/plot/{plot}.tsv"
+        benchmark_file("plot", "{plot}")
     conda:
         "../envs/report.yaml"
     script:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from hf2mlc import plots
+from hf2mlc.resources import DEMO_PARAMETERS, mem_mb
 from hf2mlc.summary import read_benchmarks, read_evaluations, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +163,9 @@ def test_summary_tables_of_the_run(q4f16_1_run: dict) -> None:
     assert set(quality.index) == {"q0f16", "q4f16_1"}
     report = json.loads((results / "evaluate" / "demo" / "q4f16_1" / "report.json").read_text(encoding="utf-8"))
     assert quality.loc["q4f16_1", "perplexity"] == pytest.approx(report["build"]["perplexity"])
+    # Every job stayed inside the memory its rule asks a cluster for (hf2mlc.resources, at the demo's size).
+    for job, row in jobs.iterrows():
+        assert row["max_rss_mib"] * 2**20 / 1e6 <= mem_mb(row["rule"], DEMO_PARAMETERS), job
     assert jobs.loc["package/demo/iphone", "quantization"] == "q4f16_1"
     assert jobs.loc["package/demo/iphone", "top1_agreement"] == pytest.approx(report["top1_agreement"])
 

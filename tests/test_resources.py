@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hf2mlc import demo
-from hf2mlc.model.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.resources import DEMO_PARAMETERS, LINE_3_6B_PARAMETERS, MEASURED_PEAK_MIB, mem_mb, mem_mb_for_model, parameter_count
 
 

@@ -81,7 +81,7 @@ def _workflow(tmp_path: Path) -> Path:
         (".test/config/demo.yaml", DEMO_PLAN | {"package[model=demo,device=iphone]"}),
         (
             ".test/config/demo-iphone-q4f16_1.yaml",
-            DEMO_PLAN | {"build[model=demo,target=iphone,quant=q4f16_1]", "package[model=demo,device=iphone]"},
+            DEMO_PLAN | {"compile[model=demo,target=iphone,quant=q4f16_1]", "package[model=demo,device=iphone]"},
         ),
         (
             ".test/config/local.yaml",

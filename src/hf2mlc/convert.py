@@ -2,7 +2,7 @@
 
 The output is byte-identical to what ``mlc_llm convert_weight`` writes through
 ``tvm.contrib.tvmjs.dump_tensor_cache(..., encode_format="f32-to-bf16")`` for the same tensors, in
-:func:`hf2mlc.model.params.param_specs` order, with the same metadata (``ParamSize``, ``ParamBytes``,
+:func:`hf2mlc.model.gpt_neox.params.param_specs` order, with the same metadata (``ParamSize``, ``ParamBytes``,
 ``BitsPerParam``) computed the way MLC's ``convert_weight.py`` computes it.
 
 Memory stays bounded by a few tensors, never the model: each source tensor is read, cast or
@@ -32,8 +32,8 @@ from tqdm import tqdm
 from .errors import UserError
 from .loader.huggingface import HuggingFaceWeights, SourceReader
 from .manifest import atomic_output_dir
-from .model.config import GPTNeoXConfig
-from .model.params import ParamSpec, param_specs
+from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.params import ParamSpec, param_specs
 from .quantization import Quantization, get_quantization
 from .quantization.group import quantize_embedding, quantize_linear, quantize_rows_fast
 from .tensor_cache import TensorCacheWriter

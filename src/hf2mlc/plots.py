@@ -76,9 +76,3 @@ def quality(tables: Tables) -> plt.Figure:
     axes[0].legend(fontsize=8)
     return figure
 
-
-def draw_from_tables(
-    *, name: str, summary_tsv: str | os.PathLike[str], quality_tsv: str | os.PathLike[str], out: str | os.PathLike[str]
-) -> None:
-    """The plot rule's stage: read the tables, draw one plot."""
-    draw(name, read_tables(summary_tsv, quality_tsv), out)

@@ -23,8 +23,17 @@ UPDATE_SECONDS = 2.0
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """``iterable``, reporting how far it got and how long the rest will take."""
-    yield from tqdm(
-        iterable,
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    with bar(desc=desc, total=total, unit=unit) as progress_bar:  # type: ignore[arg-type]
+        for item in iterable:
+            yield item
+            progress_bar.update()
+
+
+def bar(*, desc: str, total: int, unit: str = "step") -> tqdm:
+    """A bar to advance by hand (``.update()``) through steps that are not one loop; close it (``with``)."""
+    return tqdm(
         total=total,
         desc=f"[hf2mlc] {desc}",
         unit=unit,

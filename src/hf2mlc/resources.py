@@ -13,8 +13,8 @@ import math
 import os
 from pathlib import Path
 
-from .model.config import GPTNeoXConfig
-from .model.params import param_specs
+from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.params import param_specs
 from .quantization import get_quantization
 
 #: Parameters of the two measured models (tests/test_resources.py counts them from their configs): the
@@ -33,7 +33,6 @@ MEASURED_PEAK_MIB: dict[str, tuple[float, float]] = {
     "patch": (38, 38),
     "tokenizer": (314, 314),
     "convert": (42, 447),
-    "build": (574, 27_737),
     "compile": (504, 559),
     "check": (574, 27_737),
     "evaluate": (450, 27_737),
@@ -60,7 +59,16 @@ def mem_mb(rule: str, parameters: int) -> int:
     return int(math.ceil(peak_mib * HEADROOM * MIB_PER_MB / 100) * 100)
 
 
-def mem_mb_for_model(rule: str, model_dir: str | os.PathLike[str]) -> int:
-    """:func:`mem_mb` for the checkpoint in ``model_dir`` (its config.json; a job's input is ready when
-    Snakemake asks for its resources)."""
-    return mem_mb(rule, parameter_count(GPTNeoXConfig.from_file(Path(model_dir))))
+def mem_mb_for_model(rule: str, model_dir: str | os.PathLike[str] | None) -> int:
+    """:func:`mem_mb` for the checkpoint in ``model_dir`` (its config.json: Snakemake asks for a job's
+    resources once its inputs exist). ``None`` for a rule with no checkpoint input, whose peak does not
+    grow with the model."""
+    if model_dir is None:
+        small, large = MEASURED_PEAK_MIB[rule]
+        if small != large:
+            raise ValueError(f"rule {rule}: its memory grows with the model; give it the model's directory")
+        return mem_mb(rule, DEMO_PARAMETERS)
+    config = Path(model_dir) / "config.json"
+    if not config.is_file():  # not downloaded yet: Snakemake asks again when the job is ready
+        raise FileNotFoundError(config)
+    return mem_mb(rule, parameter_count(GPTNeoXConfig.from_file(config)))

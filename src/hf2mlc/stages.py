@@ -1,9 +1,11 @@
 """One function per workflow stage: plain arguments in, one finished output directory out.
 
 Each stage writes into a temporary sibling of its output and renames it into place only when everything
-(including ``manifest.json``) is written, so an interrupted run leaves nothing that looks complete. The
-Snakemake scripts in ``scripts/`` only unpack ``snakemake.input/params/output`` and call these; the
-``hf2mlc`` command line calls them too.
+(including ``manifest.json``) is written, so an interrupted run leaves nothing that looks complete. A
+stage's keyword arguments are its rule's input, output and params names: the Snakemake scripts hand them
+over through one adapter (:mod:`hf2mlc.snakemake_script`), and the ``hf2mlc`` command line calls them too.
+A stage imports what it uses inside its own body, so each rule's code digest (:mod:`hf2mlc.closure`)
+covers only the code that rule runs.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .errors import UserError
 from .manifest import Stopwatch, atomic_output_dir, read_manifest, write_json, write_manifest
+from .spec import PackageSpec, TargetSpec, WeightSpec
 
 log = logging.getLogger(__name__)
+#: A path argument, as Snakemake (str) or a caller (Path) gives it.
+StrPath = str | os.PathLike[str]
 
 
-def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str] = ".") -> None:
+def download(*, source: str, out_dir: StrPath, base_dir: StrPath = ".") -> None:
     """The model as a Hugging Face directory with a manifest: from the Hub, a local directory, or the demo."""
     from . import hub
 
@@ -45,7 +51,7 @@ def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os
         )
 
 
-def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def patch(*, model_dir: StrPath, family_file: StrPath, out_dir: StrPath) -> None:
     """Validate the family's conversation template against the model's tokenizer and emit MLC's object."""
     from . import families
 
@@ -55,12 +61,9 @@ def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[s
         report = families.validate_family(family, Path(model_dir))
         template = families.conv_template(family)
     with atomic_output_dir(out_dir) as tmp:
-        write_json(tmp / "conv_template.json", template)
-        write_json(tmp / "validation-report.json", report)
-        write_json(tmp / "overrides.json", {
-            "overrides": dict(getattr(family, "overrides", {}) or {}),
-            "generation": dict(getattr(family, "generation", {}) or {}),
-        })
+        write_json(tmp / layout.CONV_TEMPLATE, template)
+        write_json(tmp / layout.VALIDATION_REPORT, report)
+        write_json(tmp / layout.OVERRIDES, {"overrides": dict(family.overrides), "generation": dict(family.generation)})
         write_manifest(
             tmp,
             stage="patch",
@@ -70,90 +73,88 @@ def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[s
         )
 
 
-def convert(
-    *, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], quantization: str, ffn_out_dtype: str
-) -> None:
+def convert(*, model_dir: StrPath, out_dir: StrPath, spec: WeightSpec) -> None:
     """Quantized, sharded weights in MLC's tensor-cache format."""
     from .convert import convert_weights
 
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("convert"):
-            stats = convert_weights(Path(model_dir), tmp, quantization, ffn_out_dtype=ffn_out_dtype)
+            stats = convert_weights(Path(model_dir), tmp, spec.quantization.name, ffn_out_dtype=spec.ffn_out_dtype)
         watch.timings["convert_weights"] = float(stats.pop("seconds", 0.0))
         write_manifest(
             tmp,
             stage="convert",
             inputs={"model": model_dir},
-            params={"quantization": quantization, "ffn_out_dtype": ffn_out_dtype},
+            params=spec.as_params(),
             timings=watch.timings,
             resources={"peak_rss_mb": stats.pop("peak_rss_mb", 0.0)},
             extra={"stats": _json_safe(stats)},
         )
 
 
-def build(
-    *,
-    model_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    target: str,
-    quantization: str,
-    lib_name: str,
-    context_window_size: int,
-    prefill_chunk_size: int,
-    ffn_out_dtype: str,
-    max_logit_rel_error: float,
-) -> None:
-    """The model library for one target; a host library is also run and checked against transformers."""
+def compile(*, model_dir: StrPath, out_dir: StrPath, spec: TargetSpec) -> None:
+    """The model library for one target, with lib-info.json: its files and its own metadata. No weights:
+    the library takes them at run time, so it depends only on the model's config.json and the spec."""
     from .compile import compile_model
-    from .model.config import GPTNeoXConfig
+    from .model.gpt_neox.config import GPTNeoXConfig
 
     config = GPTNeoXConfig.from_file(Path(model_dir))
     watch = Stopwatch()
-    params = {
-        "target": target,
-        "quantization": quantization,
-        "lib_name": lib_name,
-        "context_window_size": context_window_size,
-        "prefill_chunk_size": prefill_chunk_size,
-        "ffn_out_dtype": ffn_out_dtype,
-    }
     with atomic_output_dir(out_dir) as tmp:
         with watch("compile"):
-            info = compile_model(
-                config,
-                quantization,
-                target,
-                tmp,
-                lib_name=lib_name,
-                context_window_size=context_window_size,
-                prefill_chunk_size=prefill_chunk_size,
-                ffn_out_dtype=ffn_out_dtype,
-            )
+            info = compile_model(config, spec, tmp)
         # Wall time belongs to the manifest's timings: lib-info.json must be the same bytes every build.
         watch.timings["compile_model"] = float(info.pop("seconds", 0.0))
-        write_json(tmp / "lib-info.json", _json_safe(info))
-        if target == "host":
-            from .evaluate import check_host_build
-
-            params["max_logit_rel_error"] = max_logit_rel_error
-            with watch("check"):
-                report = check_host_build(
-                    Path(model_dir), Path(weights_dir), tmp / f"{lib_name}.so", quantization,
-                    max_rel_error=max_logit_rel_error,
-                )
-            write_json(tmp / "check.json", report)
+        write_json(tmp / layout.LIB_INFO, _json_safe(info))
         write_manifest(
             tmp,
-            stage="build",
-            inputs={"model": model_dir, "weights": weights_dir},
-            params=params,
+            stage="compile",
+            inputs={"model": model_dir},
+            params=spec.as_params(),
             timings=watch.timings,
         )
 
 
-def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def check(
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, out_dir: StrPath,
+    quantization: str, evaluation_text: str, max_logit_rel_error: float,
+) -> None:
+    """The host library run against transformers on its own weights: check.json, or a clear failure."""
+    from .check import check_host_build
+
+    lib = host_library(compile_dir)
+    watch = Stopwatch()
+    with watch("check"):
+        report = check_host_build(
+            Path(model_dir), Path(weights_dir), lib, quantization,
+            evaluation_text=evaluation_text, max_rel_error=max_logit_rel_error,
+        )
+    with atomic_output_dir(out_dir) as tmp:
+        write_json(tmp / layout.CHECK_REPORT, report)
+        write_manifest(
+            tmp,
+            stage="check",
+            inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir},
+            params={
+                "quantization": quantization,
+                "evaluation_text": evaluation_text,
+                "max_logit_rel_error": max_logit_rel_error,
+            },
+            timings=watch.timings,
+        )
+
+
+def host_library(compile_dir: StrPath) -> Path:
+    """The host library (.so) a compile output holds, as its lib-info.json lists it."""
+    info = json.loads((Path(compile_dir) / layout.LIB_INFO).read_text(encoding="utf-8"))
+    libs = [name for name in info["files"] if name.endswith(".so")]
+    if not libs:
+        raise UserError(f"{compile_dir}: no host library (.so) listed in {layout.LIB_INFO}; recompile the host target.")
+    return Path(compile_dir) / libs[0]
+
+
+def tokenizer(*, model_dir: StrPath, out_dir: StrPath) -> None:
     """tokenizer.json from spiece.model, with a 100 % parity report against SentencePiece."""
     from .tokenizer import build_tokenizer
 
@@ -171,67 +172,93 @@ def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
 
 
 def evaluate(
-    *,
-    model_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    build_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    quantization: str,
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, check_dir: StrPath, out_dir: StrPath,
+    quantization: str, evaluation_text: str,
 ) -> None:
-    """Perplexity, agreement and KL of the host build against transformers on held-out text."""
+    """Perplexity, agreement and KL of the (checked) host build against transformers on held-out text."""
     from .evaluate import evaluate_build
 
-    info = json.loads((Path(build_dir) / "lib-info.json").read_text(encoding="utf-8"))
-    libs = [name for name in info["files"] if name.endswith(".so")]
-    if not libs:
-        raise UserError(f"{build_dir}: no host library (.so) listed in lib-info.json; rebuild the host target.")
-    lib = Path(build_dir) / libs[0]
+    lib = host_library(compile_dir)
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
-            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, tmp)
+            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, tmp, evaluation_text=evaluation_text)
         write_manifest(
             tmp,
             stage="evaluate",
-            inputs={"model": model_dir, "weights": weights_dir, "build": build_dir},
-            params={"quantization": quantization},
+            inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir, "check": check_dir},
+            params={"quantization": quantization, "evaluation_text": evaluation_text},
             timings=watch.timings,
         )
 
 
-def package(*, inputs: dict[str, str], out_dir: str | os.PathLike[str], settings: dict[str, Any], versions_log: str | os.PathLike[str] | None = None) -> None:
+def package(
+    *, model_dir: StrPath, patch_dir: StrPath, tokenizer_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath,
+    evaluate_dir: StrPath, out_dir: StrPath, spec: PackageSpec, versions_log: StrPath | None = None,
+) -> None:
     """The bundle in MLC LLM's layout, with its model card; records its version in results/versions.jsonl."""
-    from .package import make_package
+    from .package import PackageInputs, make_package, record_version
 
+    inputs = PackageInputs(
+        model=Path(model_dir),
+        patch=Path(patch_dir),
+        tokenizer=Path(tokenizer_dir),
+        weights=Path(weights_dir),
+        library=Path(compile_dir),
+        evaluate=Path(evaluate_dir),
+    )
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("package"):
-            make_package({k: Path(v) for k, v in inputs.items()}, tmp, settings)
+            make_package(inputs, tmp, spec)
         manifest = write_manifest(
             tmp,
             stage="package",
-            inputs=inputs,
-            params=settings,
+            inputs=inputs.as_roles(),
+            params=spec.as_params(),
             timings=watch.timings,
         )
     if versions_log is not None:
-        from .package import record_version
-
-        record_version(Path(versions_log), manifest, settings)
+        record_version(Path(versions_log), manifest, spec)
 
 
-def upload(*, records: dict[str, dict[str, Any]], enabled: bool, private: bool) -> None:
-    """Publish each bundle (record path → {package, repo}); write what was (or would be) sent."""
+def upload(*, packages: list[str], records: list[str], repos: dict[str, str], enabled: bool, private: bool) -> None:
+    """Publish each bundle (``packages[i]`` to ``repos[records[i]]``); write what was (or would be) sent
+    to ``records[i]``."""
     from . import hub
     from .package import hub_folder
 
-    for record_path, job in records.items():
-        package_dir = Path(job["package"])
+    for record_path, package_path in zip(records, packages, strict=True):
+        package_dir = Path(package_path)
         with hub_folder(package_dir) as folder:
-            record = hub.upload(folder, repo_id=job["repo"], private=private, enabled=enabled,
+            record = hub.upload(folder, repo_id=repos[record_path], private=private, enabled=enabled,
                                 version_id=read_manifest(package_dir)["version_id"])
         Path(record_path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(record_path), _json_safe(record))
+
+
+def tables(
+    *,
+    summary: StrPath,
+    quality: StrPath,
+    reports: dict[str, str],
+    bundles: dict[str, dict[str, str]],
+    benchmarks: StrPath,
+    own_benchmark: StrPath,
+) -> None:
+    """The run's job table and quality table (hf2mlc.summary), from the benchmark files under
+    ``benchmarks`` (less this job's own) and the evaluation reports."""
+    from .summary import write_tables
+
+    write_tables(benchmarks_dir=benchmarks, reports=reports, bundles=bundles, summary_tsv=summary,
+                 quality_tsv=quality, exclude=[own_benchmark])
+
+
+def plot(*, name: str, summary: StrPath, quality: StrPath, png: StrPath) -> None:
+    """One of the report's plots (hf2mlc.plots), drawn from the tables."""
+    from .plots import draw, read_tables
+
+    draw(name, read_tables(summary, quality), png)
 
 
 def _json_safe(value: Any) -> Any:
