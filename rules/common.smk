@@ -214,9 +214,9 @@ def package_spec(wildcards):
         family=spec["family"],
         quantization=quant,
         bundle_weight=spec["targets"][wildcards.device]["bundle_weight"],
-        hub_repo=upload_repo(wildcards.model, wildcards.device)
-        if wildcards.device in config["upload"]["devices"]
-        else None,
+        hub_repo=(
+            upload_repo(wildcards.model, wildcards.device) if wildcards.device in config["upload"]["devices"] else None
+        ),
     ).as_params()
 
 

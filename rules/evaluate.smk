@@ -8,18 +8,18 @@ rule evaluate:
         check_dir=check_dir("{model}", "{quant}"),
     output:
         directory(evaluate_dir("{model}", "{quant}")),
-    params:
-        quantization="{quant}",
-        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation_text"],
-        code=code_version("evaluate"),
-    threads: 2
-    resources:
-        mem_mb=mem_mb("evaluate"),
     log:
         log_file("evaluate", "{model}/{quant}"),
     benchmark:
         benchmark_file("evaluate", "{model}/{quant}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("evaluate"),
+    params:
+        quantization="{quant}",
+        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation_text"],
+        code=code_version("evaluate"),
     script:
         "../scripts/evaluate.py"

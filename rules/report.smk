@@ -14,6 +14,14 @@ rule tables:
     output:
         summary=report(summary_table(), caption="../report/summary.rst", category="Run"),
         quality=report(quality_table(), caption="../report/quality.rst", category="Quality"),
+    log:
+        log_file("summary", "tables"),
+    benchmark:
+        TABLES_BENCHMARK
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=mem_mb("tables"),
     params:
         # "<model>/<quant>" -> its report.json; a package job (named as its benchmark file names it,
         # "package/<model>/<device>") -> the bundle's model and quantization
@@ -26,14 +34,6 @@ rule tables:
         benchmarks=benchmarks_dir(),
         own_benchmark=TABLES_BENCHMARK,
         code=code_version("tables"),
-    resources:
-        mem_mb=mem_mb("tables"),
-    log:
-        log_file("summary", "tables"),
-    benchmark:
-        TABLES_BENCHMARK
-    conda:
-        "../envs/report.yaml"
     script:
         "../scripts/tables.py"
 
@@ -45,8 +45,16 @@ rule plot:
         quality=rules.tables.output.quality,
     output:
         png=report(plot_file("{plot}"), caption="../report/plot.rst", category="Quality", labels={"plot": "{plot}"}),
+    log:
+        log_file("plot", "{plot}"),
+    benchmark:
+        benchmark_file("plot", "{plot}")
     wildcard_constraints:
         plot="|".join(PLOTS),
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=mem_mb("plot"),
     params:
         name="{plot}",
         # The caption of report/plot.rst (a template): this plot's own, report/plots/<plot>.rst.
@@ -54,13 +62,5 @@ rule plot:
             encoding="utf-8"
         ),
         code=code_version("plot"),
-    resources:
-        mem_mb=mem_mb("plot"),
-    log:
-        log_file("plot", "{plot}"),
-    benchmark:
-        benchmark_file("plot", "{plot}")
-    conda:
-        "../envs/report.yaml"
     script:
         "../scripts/plot.py"

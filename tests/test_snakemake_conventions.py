@@ -51,15 +51,22 @@ def test_every_env_pins_the_locked_versions() -> None:
         assert python == f"python={sys.version_info.major}.{sys.version_info.minor}", env.name
 
 
-def test_every_rule_has_log_benchmark_and_conda() -> None:
+def test_every_rule_has_log_benchmark_conda_and_resources() -> None:
     text = "\n".join(p.read_text(encoding="utf-8") for p in sorted((REPO / "rules").glob("*.smk")))
     blocks = re.split(r"^rule ", text, flags=re.M)[1:]
     assert len(blocks) >= 8
     for block in blocks:
         name = block.split(":", 1)[0]
-        for directive in ("log:", "benchmark:", "conda:"):
+        for directive in ("log:", "benchmark:", "conda:", "resources:"):
             assert f"\n    {directive}" in block, f"rule {name} has no {directive}"
     assert 'min_version("' in (REPO / "Snakefile").read_text(encoding="utf-8")
+
+
+def test_rule_files_are_snakefmt_clean() -> None:
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    files = ["Snakefile", *sorted(str(p.relative_to(REPO)) for p in (REPO / "rules").glob("*.smk"))]
+    proc = subprocess.run([str(snakefmt), "--check", *files], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_catalog_entry_names_the_deployment_and_report() -> None:
