@@ -29,6 +29,8 @@ CONVERSATION_KEYS = {
     "roles", "role_templates", "messages", "seps", "role_content_sep", "role_empty_sep", "stop_str",
     "stop_token_ids",
 }  # fmt: skip
+#: Conversation's function-calling and reasoning fields (newer than the list above; families writes MLC's defaults).
+CONVERSATION_EXTRA_KEYS = {"function_string", "use_function_calling", "strip_reasoning_in_history"}
 TOKENIZER_INFO_KEYS = {"token_postproc_method", "prepend_space_in_encode", "strip_space_in_decode"}
 APP_MODEL_KEYS = {"model_id", "model_lib", "model_path", "estimated_vram_bytes"}
 PACKAGE_MODEL_KEYS = {"model", "model_id", "estimated_vram_bytes", "bundle_weight", "overrides", "model_lib"}
@@ -86,7 +88,7 @@ def test_chat_config_has_mlc_fields_and_the_library_values(bundles: dict, device
     b = bundles[device]
     chat = _json(b["model_dir"] / "mlc-chat-config.json")
     assert MLC_CHAT_CONFIG_KEYS <= set(chat) and set(chat) - MLC_CHAT_CONFIG_KEYS <= EXTRA_CHAT_KEYS
-    assert set(chat["conv_template"]) == CONVERSATION_KEYS
+    assert CONVERSATION_KEYS <= set(chat["conv_template"]) <= CONVERSATION_KEYS | CONVERSATION_EXTRA_KEYS
     assert set(chat["tokenizer_info"]) == TOKENIZER_INFO_KEYS
     assert all((b["model_dir"] / name).is_file() for name in chat["tokenizer_files"])
     library = b["lib_info"]["metadata"]
