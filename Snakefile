@@ -31,6 +31,7 @@ include: "rules/reference.smk"
 include: "rules/evaluate.smk"
 include: "rules/package.smk"
 include: "rules/upload.smk"
+include: "rules/report.smk"
 
 
 localrules:
@@ -38,6 +39,10 @@ localrules:
     iphone_bundle,
     mac_bundle,
     evaluate_all,
+    summary,
+
+
+report: "report/workflow.rst"
 
 
 rule all:
@@ -65,3 +70,11 @@ rule evaluate_all:
     """The quality of every quantization a device uses, measured on its checked host library."""
     input:
         evaluations(),
+
+
+rule summary:
+    """The run's tables (results/summary.tsv, results/quality.tsv) and the report's plots; then
+    `snakemake --report report.html summary` writes the HTML report."""
+    input:
+        rules.tables.output,
+        [plot_file(name) for name in PLOTS],

@@ -8,17 +8,19 @@ rule check:
         watched=lambda wildcards: setting_file(MODELS[wildcards.model]["evaluation"]["text"]),
     output:
         directory(check_dir("{model}", "{quant}")),
-    params:
-        quantization="{quant}",
-        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation"]["text"],
-        max_logit_rel_error=lambda wildcards: MODELS[wildcards.model]["max_logit_rel_error"],
-        code=code_version("check"),
-    threads: 2
     log:
         log_file("check", "{model}/{quant}"),
     benchmark:
         benchmark_file("check", "{model}/{quant}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("check"),
+    params:
+        quantization="{quant}",
+        evaluation_text=lambda wildcards: MODELS[wildcards.model]["evaluation"]["text"],
+        max_logit_rel_error=lambda wildcards: MODELS[wildcards.model]["max_logit_rel_error"],
+        code=code_version("check"),
     script:
         "../scripts/check.py"

@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.common.tbdstring import TBDString
 from snakemake.utils import validate
 
 WORKFLOW_DIR = Path(workflow.basedir)
@@ -16,7 +17,9 @@ from hf2mlc.closure import code_digest
 from hf2mlc.evaluation_text import bundled_file, names_a_file
 from hf2mlc.families import load_family
 from hf2mlc.layout import (
+    EVALUATION_REPORT,
     benchmark_file,
+    benchmarks_dir,
     check_dir,
     compile_dir,
     download_dir,
@@ -26,11 +29,15 @@ from hf2mlc.layout import (
     log_file,
     package_dir,
     patch_dir,
+    plot_file,
+    quality_table,
+    summary_table,
     tokenizer_dir,
     upload_record,
     versions_log,
     weights_dir,
 )
+from hf2mlc.resources import mem_mb_for_model
 from hf2mlc.spec import (
     DEFAULT_FFN_OUT_DTYPE,
     DEVICES,
@@ -67,7 +74,7 @@ def _merged_model(entry):
             **defaults["targets"].get(device, {}),
             **entry.get("targets", {}).get(device, {}),
         }
-        for key in ("quantization", "context_window_size", "prefill_chunk_size"):
+        for key in ("quantization", "context_window_size", "prefill_chunk_size", "bundle_weight"):
             if key not in merged["targets"][device]:
                 raise ValueError(
                     f"config/config.yaml: models[{entry['id']}].targets.{device}.{key} is not set "
@@ -107,16 +114,18 @@ def local_source(wildcards):
     source = MODELS[wildcards.model]["source"]
     if source == "demo" or source.startswith(("demo:", "hf://")):
         return []
+    # local(): files outside results/, never staged through a storage provider (profiles/kubernetes).
     root = Path(source)
     if not root.is_dir():
-        return [source]  # Snakemake reports it missing, by its name
+        return [local(source)]  # Snakemake reports it missing, by its name
     # The files the download stage selects from (hf2mlc.hub reads the directory's top level).
-    return sorted(str(p) for p in root.iterdir() if p.is_file())
+    return sorted(local(str(p)) for p in root.iterdir() if p.is_file())
 
 
 def family_file(wildcards):
-    # Relative (as all job paths are), so no artifact records where the checkout lives.
-    return f"config/families/{MODELS[wildcards.model]['family']}.yaml"
+    # Relative (as all job paths are), so no artifact records where the checkout lives; local(): a file of
+    # the checkout, never staged through a storage provider (profiles/kubernetes).
+    return local(f"config/families/{MODELS[wildcards.model]['family']}.yaml")
 
 
 @functools.cache
@@ -160,6 +169,20 @@ def code_version(stage):
     return code_digest(stage, WORKFLOW_DIR)
 
 
+def mem_mb(rule):
+    """``resources: mem_mb`` of a job of ``rule``: from the parameter count in its model's config.json
+    (hf2mlc.resources, fitted to measured peaks), so a cluster scheduler can place it."""
+
+    def job_mem_mb(wildcards, input):
+        try:
+            return mem_mb_for_model(rule, getattr(input, "model_dir", None))
+        except FileNotFoundError:
+            # Not downloaded yet: "to be determined", which Snakemake evaluates again once the job is ready.
+            return TBDString()
+
+    return job_mem_mb
+
+
 def compile_gate(wildcards):
     """The iPhone compile starts only after the unquantized Mac library is built and its host twin passed
     the check against transformers, as the write-up checked the Mac build first."""
@@ -194,6 +217,10 @@ def package_spec(wildcards):
         source=spec["source"],
         family=spec["family"],
         quantization=quant,
+        bundle_weight=spec["targets"][wildcards.device]["bundle_weight"],
+        hub_repo=(
+            upload_repo(wildcards.model, wildcards.device) if wildcards.device in config["upload"]["devices"] else None
+        ),
     ).as_params()
 
 

@@ -5,15 +5,17 @@ rule compile:
         gate=compile_gate,
     output:
         directory(compile_dir("{model}", "{target}", "{quant}")),
-    params:
-        spec=compile_spec,
-        code=code_version("compile"),
-    threads: 2
     log:
         log_file("compile", "{model}/{target}-{quant}"),
     benchmark:
         benchmark_file("compile", "{model}/{target}-{quant}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("compile"),
+    params:
+        spec=compile_spec,
+        code=code_version("compile"),
     script:
         "../scripts/compile.py"

@@ -4,15 +4,17 @@ rule convert:
         model_dir=download_dir("{model}"),
     output:
         directory(weights_dir("{model}", "{quant}")),
-    params:
-        spec=weight_spec,
-        code=code_version("convert"),
-    threads: 2
     log:
         log_file("convert", "{model}/{quant}"),
     benchmark:
         benchmark_file("convert", "{model}/{quant}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("convert"),
+    params:
+        spec=weight_spec,
+        code=code_version("convert"),
     script:
         "../scripts/convert.py"

@@ -4,14 +4,16 @@ rule download:
         local_source,
     output:
         directory(download_dir("{model}")),
-    params:
-        source=lambda wildcards: MODELS[wildcards.model]["source"],
-        code=code_version("download"),
     log:
         log_file("download", "{model}"),
     benchmark:
         benchmark_file("download", "{model}")
     conda:
         "../envs/download.yaml"
+    resources:
+        mem_mb=mem_mb("download"),
+    params:
+        source=lambda wildcards: MODELS[wildcards.model]["source"],
+        code=code_version("download"),
     script:
         "../scripts/download.py"

@@ -10,15 +10,17 @@ rule evaluate:
         answers_dir=lambda wildcards: reference_answers_dir(wildcards.model),
     output:
         directory(evaluate_dir("{model}", "{quant}")),
-    params:
-        quantization="{quant}",
-        code=code_version("evaluate"),
-    threads: 2
     log:
         log_file("evaluate", "{model}/{quant}"),
     benchmark:
         benchmark_file("evaluate", "{model}/{quant}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("evaluate"),
+    params:
+        quantization="{quant}",
+        code=code_version("evaluate"),
     script:
         "../scripts/evaluate.py"

@@ -4,16 +4,18 @@ rule package:
         unpack(package_inputs),
     output:
         directory(package_dir("{model}", "{device}")),
-    params:
-        spec=package_spec,
-        model="{model}",
-        versions_log=versions_log(),
-        code=code_version("package"),
     log:
         log_file("package", "{model}/{device}"),
     benchmark:
         benchmark_file("package", "{model}/{device}")
     conda:
         "../envs/package.yaml"
+    resources:
+        mem_mb=mem_mb("package"),
+    params:
+        spec=package_spec,
+        model="{model}",
+        versions_log=versions_log(),
+        code=code_version("package"),
     script:
         "../scripts/package.py"

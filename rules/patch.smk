@@ -6,13 +6,15 @@ rule patch:
         family_file=family_file,
     output:
         directory(patch_dir("{model}")),
-    params:
-        code=code_version("patch"),
     log:
         log_file("patch", "{model}"),
     benchmark:
         benchmark_file("patch", "{model}")
     conda:
         "../envs/patch.yaml"
+    resources:
+        mem_mb=mem_mb("patch"),
+    params:
+        code=code_version("patch"),
     script:
         "../scripts/patch.py"

@@ -7,18 +7,20 @@ rule reference:
         watched=lambda wildcards: setting_file(MODELS[wildcards.model]["evaluation"]["text"]),
     output:
         directory(reference_dir("{model}")),
-    params:
-        text=lambda wildcards: MODELS[wildcards.model]["evaluation"]["text"],
-        max_tokens=lambda wildcards: MODELS[wildcards.model]["evaluation"]["max_tokens"],
-        max_len=lambda wildcards: MODELS[wildcards.model]["host"]["context_window_size"],
-        code=code_version("reference"),
-    threads: 2
     log:
         log_file("reference", "{model}"),
     benchmark:
         benchmark_file("reference", "{model}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("reference"),
+    params:
+        text=lambda wildcards: MODELS[wildcards.model]["evaluation"]["text"],
+        max_tokens=lambda wildcards: MODELS[wildcards.model]["evaluation"]["max_tokens"],
+        max_len=lambda wildcards: MODELS[wildcards.model]["host"]["context_window_size"],
+        code=code_version("reference"),
     script:
         "../scripts/reference.py"
 
@@ -32,16 +34,18 @@ rule reference_answers:
         watched=lambda wildcards: setting_file(MODELS[wildcards.model]["evaluation"]["prompts"]),
     output:
         directory(reference_answers_dir("{model}")),
-    params:
-        prompts=lambda wildcards: MODELS[wildcards.model]["evaluation"]["prompts"],
-        answer_tokens=lambda wildcards: MODELS[wildcards.model]["evaluation"]["answer_tokens"],
-        code=code_version("reference_answers"),
-    threads: 2
     log:
         log_file("reference_answers", "{model}"),
     benchmark:
         benchmark_file("reference_answers", "{model}")
     conda:
         "../envs/build.yaml"
+    threads: 2
+    resources:
+        mem_mb=mem_mb("reference_answers"),
+    params:
+        prompts=lambda wildcards: MODELS[wildcards.model]["evaluation"]["prompts"],
+        answer_tokens=lambda wildcards: MODELS[wildcards.model]["evaluation"]["answer_tokens"],
+        code=code_version("reference_answers"),
     script:
         "../scripts/reference_answers.py"

@@ -4,13 +4,15 @@ rule tokenizer:
         model_dir=download_dir("{model}"),
     output:
         directory(tokenizer_dir("{model}")),
-    params:
-        code=code_version("tokenizer"),
     log:
         log_file("tokenizer", "{model}"),
     benchmark:
         benchmark_file("tokenizer", "{model}")
     conda:
         "../envs/tokenizer.yaml"
+    resources:
+        mem_mb=mem_mb("tokenizer"),
+    params:
+        code=code_version("tokenizer"),
     script:
         "../scripts/tokenizer.py"

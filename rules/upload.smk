@@ -6,6 +6,14 @@ rule upload:
         packages=[package_dir(m, d) for m in ENABLED for d in config["upload"]["devices"]],
     output:
         records=uploads(),
+    log:
+        log_file("upload", "upload"),
+    benchmark:
+        benchmark_file("upload", "upload")
+    conda:
+        "../envs/upload.yaml"
+    resources:
+        mem_mb=mem_mb("upload"),
     params:
         repos=lambda wildcards: {
             upload_record(m, d): upload_repo(m, d) for m in ENABLED for d in config["upload"]["devices"]
@@ -13,11 +21,5 @@ rule upload:
         private=config["upload"]["private"],
         enabled=config["upload"]["enabled"],
         code=code_version("upload"),
-    log:
-        log_file("upload", "upload"),
-    benchmark:
-        benchmark_file("upload", "upload")
-    conda:
-        "../envs/upload.yaml"
     script:
         "../scripts/upload.py"

@@ -8,7 +8,6 @@ tests/test_runtime.py.
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import sys
@@ -18,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from hf2mlc import compile as compile_mod
-from hf2mlc.compile import BuildError, compile_model
+from hf2mlc.compile import BuildError, compile_model, optional_tool
 from hf2mlc.compiler_pass import metal_kernel_names
 from hf2mlc.errors import UserError
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.quantization import get_quantization
 from hf2mlc.spec import TargetSpec, system_lib_prefix
+from optional_tools import needs_lld, needs_llvm_ar
 
 CONFIG = GPTNeoXConfig(
     hidden_size=64,
@@ -104,13 +103,13 @@ def test_iphone_tar_holds_ios_arm64_objects_with_prefix_and_metal_kernels(iphone
         assert name.encode() in members[f"{prefix}devc.o"], name
 
 
-@pytest.mark.skipif(shutil.which("llvm-ar") is None, reason="llvm-ar (Debian package llvm) not installed")
+@needs_llvm_ar
 def test_iphone_static_archive_holds_the_same_objects(iphone):
     out, info = iphone
     archive = out / "tiny-neox-q4f16_0.a"
     assert "tiny-neox-q4f16_0.a" in info["files"]
     assert archive.read_bytes()[:8] == b"!<arch>\n"
-    listing = subprocess.run(["llvm-ar", "t", str(archive)], capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run([optional_tool("llvm-ar"), "t", str(archive)], capture_output=True, text=True, check=True).stdout.split()
     assert sorted(listing) == ["lib0.o", "tiny_neox_q4f16_0_devc.o"]
 
 
@@ -125,9 +124,9 @@ def test_mac_tar_and_dylib_are_macos_arm64(mac):
     kernels = metal_kernel_names(members["devc.o"].decode("latin-1"))
     assert len(kernels) == info["kernels"]["metal_kernels"] >= info["kernels"]["gpu_kernel_functions"] >= 50
     assert any(k.startswith("fused_NT_matmul") for k in kernels)  # float weights read in place, no transpose
-    if compile_mod._ld64_lld() is None:
+    if optional_tool("ld64.lld") is None:
         assert "tiny-neox-q0f16.dylib" not in info["files"]
-        pytest.skip("ld64.lld (Debian package lld) not installed: no dylib to check")
+        pytest.skip(needs_lld.kwargs["reason"])
     head = _macho((out / "tiny-neox-q0f16.dylib").read_bytes())
     assert (head["magic"], head["cputype"], head["filetype"], head["platform"]) == (
         MH_MAGIC_64,
@@ -138,20 +137,26 @@ def test_mac_tar_and_dylib_are_macos_arm64(mac):
 
 
 def test_apple_exports_are_reproducible(mac, iphone, tmp_path):
-    """Same model, same bytes: no timestamps, owners or temporary paths in the .tar, .a or .dylib."""
+    """Same model, same bytes: no timestamps, owners or file-system order in the .tar every Apple build
+    ships, and a rebuild gives every file again (the .dylib too, where lld made one)."""
     for out, info in (mac, iphone):
-        tar = next(out.glob("*.tar"))
+        (tar,) = [out / name for name in info["files"] if name.endswith(".tar")]
         with tarfile.open(tar) as handle:
             members = handle.getmembers()
         assert [m.name for m in members] == sorted(m.name for m in members)
         assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
         assert tar.read_bytes()[4:8] == b"\0\0\0\0"  # gzip header mtime
-    dylib = next(mac[0].glob("*.dylib")).read_bytes()
-    assert b"@rpath/tiny-neox-q0f16.dylib" in dylib
-    assert str(mac[0]).encode() not in dylib and b"/tmp/" not in dylib
     again = compile_model(CONFIG, spec("q0f16", "mac", "tiny-neox-q0f16"), tmp_path, progress=False)
+    assert again["files"] == mac[1]["files"]
     for name in again["files"]:
         assert (tmp_path / name).read_bytes() == (mac[0] / name).read_bytes(), name
+
+
+@needs_lld
+def test_mac_dylib_names_no_build_paths(mac):
+    dylib = (mac[0] / "tiny-neox-q0f16.dylib").read_bytes()
+    assert b"@rpath/tiny-neox-q0f16.dylib" in dylib
+    assert str(mac[0]).encode() not in dylib and b"/tmp/" not in dylib
 
 
 def test_metadata_of_gpu_build_matches_request(iphone):
@@ -159,6 +164,7 @@ def test_metadata_of_gpu_build_matches_request(iphone):
     meta = info["metadata"]
     assert meta["quantization"] == "q4f16_0" and meta["context_window_size"] == 64 and meta["prefill_chunk_size"] == 16
     assert meta["memory_usage"]["prefill"] > 0 and meta["memory_usage"]["decode"] > 0
+    assert meta["active_vocab_size"] == CONFIG.vocab_size
     assert info["functions"][-1] == "_metadata" and "create_tir_paged_kv_cache" in info["functions"]
 
 

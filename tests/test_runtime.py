@@ -331,6 +331,70 @@ def test_engine_sampling_functions_match_numpy(builds):
     assert tuple(buffer.shape) == (CHUNK, 64) and buffer.dtype == "float32"
 
 
+def _verify_reference(draft, tokens, model, first_child, next_sibling, uniform, parent_ptr):
+    """Speculative sampling's token-tree acceptance, written out in numpy (float64 sums)."""
+    model, parent_ptr = model.copy(), parent_ptr.copy()
+    for b, root in enumerate(parent_ptr):
+        parent, child = root, first_child[root]
+        while child != -1:
+            token = tokens[child]
+            if model[parent, token] >= uniform[child] * draft[child, token]:
+                parent, child = child, first_child[child]
+                continue
+            residual = np.maximum(model[parent] - draft[child], 0)
+            mass = residual.sum(dtype=np.float64)
+            if mass < 1e-7:
+                parent, child = child, first_child[child]
+            else:
+                model[parent] = residual / np.float32(mass)
+                child = next_sibling[child]
+        parent_ptr[b] = parent
+    return model, parent_ptr
+
+
+def test_engine_speculative_decoding_functions_match_numpy(builds):
+    fn = _engine_functions(builds.engine("line", "q0f32"))
+    rng = np.random.default_rng(5)
+    vocab = 128
+
+    def dist(rows):
+        p = rng.random((rows, vocab)).astype("float32") ** 6
+        return p / p.sum(axis=1, keepdims=True)
+
+    # gather: rows of a per-draft buffer picked per sequence; scatter: the reverse, into a bigger buffer
+    src, indices = dist(5), np.array([4, 0, 4], "int32")
+    got = _t(np.zeros((3, vocab), "float32"))
+    fn("gather_probs")(_t(src), _t(indices), got)
+    np.testing.assert_array_equal(got.numpy(), src[indices])
+    dst = dist(6)
+    rows = np.array([5, 1, 2], "int32")
+    got = _t(dst)
+    fn("scatter_probs")(_t(src[:3]), _t(rows), got)
+    want = dst.copy()
+    want[rows] = src[:3]
+    np.testing.assert_array_equal(got.numpy(), want)
+
+    # Two sequences' token trees over 9 nodes: seq 0 is 0 -> {1 -> {3, 4}, 2}; seq 1 is 5 -> {6, 7 -> 8}.
+    first_child = np.array([1, 3, -1, -1, -1, 6, -1, 8, -1], "int32")
+    next_sibling = np.array([-1, 2, -1, 4, -1, -1, 7, -1, -1], "int32")
+    draft, model = dist(9), dist(9)
+    tokens = np.array([0, *rng.integers(0, vocab, 8)], "int32")
+    tokens[6] = tokens[7] = 11  # two siblings propose the same token: the residual must apply to both
+    draft[8] = model[7]  # after accepting 7, its child 8's draft equals the target: no residual mass
+    for uniform in (rng.random(9).astype("float32"), np.full(9, 0.999, "float32"), np.zeros(9, "float32")):
+        parent_ptr = np.array([0, 5], "int32")
+        got_model, got_parent = _t(model), _t(parent_ptr)
+        out = fn("sampler_verify_draft_tokens")(
+            _t(draft), _t(tokens), got_model, _t(first_child), _t(next_sibling), _t(uniform), got_parent
+        )
+        want_model, want_parent = _verify_reference(draft, tokens, model, first_child, next_sibling, uniform, parent_ptr)
+        np.testing.assert_array_equal(out[1].numpy(), want_parent)
+        np.testing.assert_allclose(out[0].numpy(), want_model, rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(got_parent.numpy(), want_parent)  # in place, as the engine reads it
+    # u = 0 accepts every first child down to a leaf: the deepest first-child path of each tree.
+    assert want_parent.tolist() == [3, 6]
+
+
 # ---------------------------------------------------------------- the library and its weights
 
 

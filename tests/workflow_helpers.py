@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config", "rules", "envs", "scripts", "src", "profiles")
+WORKFLOW_FILES = ("Snakefile", "config", "rules", "envs", "scripts", "src", "profiles", "report", ".test")
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
 

@@ -13,21 +13,38 @@ from typing import Any
 import yaml
 
 
-def _front_matter(settings: dict[str, Any], source_metadata: dict[str, Any]) -> dict[str, Any]:
-    source = settings["source"]
-    front: dict[str, Any] = {
-        "library_name": "mlc-llm",
-        "license": source_metadata.get("license", "apache-2.0"),
-        "language": source_metadata.get("language", ["ja"]),
-        "pipeline_tag": "text-generation",
-        "tags": ["mlc-llm", "mlc-ai", "gpt_neox", settings["quantization"], settings["device"], "hf2mlc"],
-        "quantization": settings["quantization"],
-    }
-    if source.startswith("hf://"):
-        front["base_model"] = source[len("hf://") :].split("@")[0]
+#: Tags of mlc-ai's own converted repos (the Hub lists them under these), then hf2mlc's own.
+MLC_TAGS = ("mlc-llm", "web-llm")
+
+
+def hub_model_id(source: str) -> str | None:
+    """owner/name of a ``hf://owner/name@revision`` source; None for the demo or a local checkpoint."""
+    return source[len("hf://") :].split("@")[0] if source.startswith("hf://") else None
+
+
+def _front_matter(
+    settings: dict[str, Any], source_metadata: dict[str, Any], model_index: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """The Hub's card metadata: mlc-ai's fields (library_name, base_model, tags) plus what their cards
+    leave out (license and language inherited from the source card, base_model_relation)."""
+    front: dict[str, Any] = {"library_name": "mlc-llm"}
+    base = hub_model_id(settings["source"])
+    if base is not None:
+        front["base_model"] = base
         front["base_model_relation"] = "quantized"
-    if isinstance(front["language"], str):
-        front["language"] = [front["language"]]
+    language = source_metadata.get("language", ["ja"])
+    front.update(
+        {
+            "license": source_metadata.get("license", "apache-2.0"),
+            "language": [language] if isinstance(language, str) else list(language),
+            "pipeline_tag": "text-generation",
+            "tags": [*MLC_TAGS, "gpt_neox", settings["quantization"], settings["device"], "hf2mlc"],
+            "quantization": settings["quantization"],
+        }
+    )
+    # The Hub's evaluation results (model-index), from the quality gate's measurements, go last.
+    if model_index:
+        front["model-index"] = model_index
     return front
 
 
@@ -73,6 +90,17 @@ def _tokenizer_section(report: dict[str, Any]) -> str:
     return text + f" `tokenizer_info`: `{json.dumps(info, sort_keys=True)}`.\n"
 
 
+def _origin(source: str, source_commit: str | None) -> str:
+    base = hub_model_id(source)
+    if base is not None:
+        revision = source.split("@")[1] if "@" in source else "main"
+        pinned = f" (commit `{source_commit}`)" if source_commit and source_commit != revision else ""
+        return f"[{base}](https://huggingface.co/{base}) at revision `{revision}`{pinned}"
+    if source == "demo" or source.startswith("demo:"):
+        return "the small demo GPT-NeoX that hf2mlc trains itself (LINE's architecture options, a generated Japanese corpus)"
+    return f"a local checkpoint ({source})"
+
+
 def model_card(
     *,
     settings: dict[str, Any],
@@ -83,25 +111,21 @@ def model_card(
     model_lib: str,
     estimated_vram: int,
     tokenizer: dict[str, Any] | None = None,
+    source_commit: str | None = None,
+    model_index: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The README.md text; ``tokenizer``: the tokenizer stage's parity report."""
-    front = yaml.safe_dump(_front_matter(settings, source_metadata), allow_unicode=True, sort_keys=False)
-    source = settings["source"]
-    origin = (
-        f"[{source[5:].split('@')[0]}](https://huggingface.co/{source[5:].split('@')[0]})"
-        f" at revision `{source.split('@')[1] if '@' in source else 'main'}`"
-        if source.startswith("hf://")
-        else "the small demo GPT-NeoX that hf2mlc trains itself (LINE's architecture options, a generated Japanese corpus)"
-        if source == "demo"
-        else f"a local checkpoint ({source})"
-    )
+    """The README.md text; ``tokenizer``: the tokenizer stage's parity report.
+
+    ``source_commit`` is the commit the download resolved the source's revision to (its manifest),
+    so the card pins what was converted even when the config said ``@main``.
+    """
+    front = yaml.safe_dump(_front_matter(settings, source_metadata, model_index), allow_unicode=True, sort_keys=False)
     template = chat_config["conv_template"]
     build_settings = {
-        "device": settings["device"],
-        "quantization": settings["quantization"],
+        **{key: settings[key] for key in sorted(settings)},
+        "source_commit": source_commit,
         "context_window_size": chat_config["context_window_size"],
         "prefill_chunk_size": chat_config["prefill_chunk_size"],
-        "family": settings["family"],
         "ffn_out_dtype": chat_config["model_config"]["ffn_out_dtype"],
         "model_lib": model_lib,
         "estimated_vram_bytes": estimated_vram,
@@ -111,7 +135,7 @@ def model_card(
         f"---\n{front}---\n",
         f"# {settings['model_id']}\n",
         f"{settings['name']} converted to [MLC LLM](https://llm.mlc.ai) format for **{settings['device']}**, "
-        f"quantization `{settings['quantization']}`, from {origin}.\n",
+        f"quantization `{settings['quantization']}`, from {_origin(settings['source'], source_commit)}.\n",
         "Built by hf2mlc — a Snakemake workflow on apache-tvm from PyPI — with MLC LLM's "
         "formats as the contract: `tensor-cache.json` + `params_shard_*.bin` weights, `mlc-chat-config.json`, "
         "the tokenizer files, and a model library compiled for the device (`lib/`). The commit that added these "
@@ -123,6 +147,8 @@ def model_card(
         "## Quality after quantization\n",
         (_quality_table(evaluation) if evaluation else "Not measured for this bundle.\n"),
         "## Build settings\n",
+        "The exact configuration this bundle was built from (the model's entry in `config/config.yaml` with its "
+        "defaults applied, and the source commit), so that hf2mlc rebuilds the same files:\n",
         "```json\n" + json.dumps(build_settings, indent=2, ensure_ascii=False, sort_keys=True) + "\n```\n",
         "Libraries: " + ", ".join(f"`lib/{name}`" for name in lib_files) + ". The objects reference `TVMFFI*` "
         "symbols: link them with a TVM runtime of the version named above.\n",

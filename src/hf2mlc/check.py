@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import UserError
 from .model.gpt_neox.config import GPTNeoXConfig
+from .progress import bar
 
 #: Decode steps compared by the check (after a prefill of the rest of the prompt).
 CHECK_DECODE_STEPS = 4
@@ -130,16 +131,22 @@ def check_host_build(
     if len(ids) <= CHECK_DECODE_STEPS + 1:
         raise UserError(f"{model_dir}: the first document of evaluation text {evaluation_text!r} is too short for the build check.")
     split = len(ids) - CHECK_DECODE_STEPS
-    engine = Engine(lib_path, weights_dir)
-    logits = [engine.prefill(ids[:split])]
-    for token in ids[split:-1]:
-        logits.append(engine.decode(token))
-    ours = np.stack(logits)
-    del engine
-    gc.collect()
-    quantized = get_quantization(quantization).kind != "no-quant"
-    source = TensorCacheWeights(weights_dir, GPTNeoXConfig.from_file(model_dir), quantization) if quantized else None
-    ref = stream_forward(model_dir, np.asarray(ids[:-1]), weights=source)[split - 1 :]
+    # Steps: load the library, prefill, each decode step, the streaming reference.
+    with bar(desc=f"check {quantization}", total=len(ids) - split + 2) as steps:
+        engine = Engine(lib_path, weights_dir)
+        steps.update()
+        logits = [engine.prefill(ids[:split])]
+        steps.update()
+        for token in ids[split:-1]:
+            logits.append(engine.decode(token))
+            steps.update()
+        ours = np.stack(logits)
+        del engine
+        gc.collect()
+        quantized = get_quantization(quantization).kind != "no-quant"
+        source = TensorCacheWeights(weights_dir, GPTNeoXConfig.from_file(model_dir), quantization) if quantized else None
+        ref = stream_forward(model_dir, np.asarray(ids[:-1]), weights=source)[split - 1 :]
+        steps.update()
     per_position = [_rel_error(a, b) for a, b in zip(ours, ref)]
     worst = max(per_position)
     report = {

@@ -5,9 +5,14 @@
     hf2mlc versions                              # every package version stored under results/versions/
     hf2mlc restore 3f2a9c                        # put one back as the current bundle
     hf2mlc chat --model demo --quantization q4f16_0 --prompt "四国の県名を全て列挙してください。"
+    hf2mlc build my-config.yaml iphone_bundle    # the workflow's stages for a config, without Snakemake's CLI
 
 ``chat`` runs the host build of the workflow's results (same weights, template and tokenizer files as the
 bundle) the way MLC's engine would: the prompt rendered by the conversation template, stop tokens, sampling.
+
+``build`` runs the whole workflow for a config file without writing a Snakemake command: the same rules,
+checks and reruns, scheduled by the Snakefile of this checkout (Snakemake is one of hf2mlc's pinned
+dependencies), with the results under the checkout's ``results/``.
 """
 
 from __future__ import annotations
@@ -119,14 +124,42 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         history.append(("assistant", answer))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hf2mlc", description=__doc__.split("\n\n")[0])
+#: The checkout this hf2mlc runs from (README: an editable install), whose Snakefile ``build`` runs.
+CHECKOUT = Path(__file__).resolve().parents[2]
+#: The workflow's named targets (Snakefile), for ``build``'s help.
+BUILD_TARGETS = ("iphone_bundle", "mac_bundle", "evaluate_all", "all", "summary", "upload")
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    import subprocess
+
+    workflow = Path(args.workflow).resolve()
+    config = Path(args.config).resolve()
+    if not (workflow / "Snakefile").is_file():
+        raise UserError(f"{workflow}: no Snakefile; point --workflow at an hf2mlc checkout.")
+    if not config.is_file():
+        raise UserError(f"{args.config}: no such config file; start from config/config.yaml.")
+    command = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(workflow / "Snakefile"),
+        "--directory", str(workflow),
+        "--cores", str(args.cores),
+        *(["--dry-run"] if args.dry_run else []),
+        *args.targets,
+        "--configfile", str(config),  # last: it takes every file name that follows
+    ]  # fmt: skip
+    return subprocess.call(command)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per task, each option with its help (tests/test_cli.py checks)."""
+    parser = argparse.ArgumentParser(prog="hf2mlc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="write the embedded demo checkpoint")
-    demo.add_argument("out_dir")
+    demo.add_argument("out_dir", help="where to write it (config.json, model.safetensors, spiece.model, ...)")
     demo.set_defaults(func=_cmd_demo)
     inspect = sub.add_parser("inspect", help="summarise and verify a stage output")
-    inspect.add_argument("directory")
+    inspect.add_argument("directory", help="a stage's output directory (results/<stage>/...) with a manifest.json")
     inspect.set_defaults(func=_cmd_inspect)
     versions = sub.add_parser("versions", help="list every stored package version")
     versions.add_argument("--results", default="results")
@@ -136,15 +169,32 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--results", default="results")
     restore.set_defaults(func=_cmd_restore)
     chat = sub.add_parser("chat", help="chat with a host build of the workflow's results")
-    chat.add_argument("--results", default=RESULTS)
-    chat.add_argument("--model", default="demo")
-    chat.add_argument("--quantization", default="q4f16_0")
+    chat.add_argument("--results", default=RESULTS, help=f"the workflow's results directory (default {RESULTS})")
+    chat.add_argument("--model", default="demo", help="the model id in config/config.yaml (default demo)")
+    chat.add_argument("--quantization", default="q4f16_0", help="which host build (default q4f16_0)")
     chat.add_argument("--prompt", help="one prompt (default: read prompts from stdin)")
-    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="most tokens per answer (default 128)")
     chat.add_argument("--temperature", type=float, help="0 for greedy (default: the family's)")
-    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     chat.set_defaults(func=_cmd_chat)
-    args = parser.parse_args(argv)
+    build = sub.add_parser(
+        "build",
+        help="run the workflow's stages for a config file (Snakemake's scheduler, no Snakemake command)",
+        description="Build every enabled model of CONFIG: the workflow's rules, checks and reruns, scheduled by "
+        "the checkout's Snakefile. CONFIG is merged over config/config.yaml: a file with only `models:` works.",
+    )
+    build.add_argument("config", help="a config file (config/config.yaml's keys; see config/README.md)")
+    build.add_argument("targets", nargs="*", default=["iphone_bundle"],
+                       help=f"named targets (default iphone_bundle): {', '.join(BUILD_TARGETS)}")
+    build.add_argument("--cores", type=int, default=2, help="CPU cores to use (default 2)")
+    build.add_argument("--dry-run", action="store_true", help="list the jobs that would run, run none")
+    build.add_argument("--workflow", default=str(CHECKOUT), help="the hf2mlc checkout (default: this one)")
+    build.set_defaults(func=_cmd_build)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (UserError, OSError) as err:

@@ -91,8 +91,22 @@ def make_target(target: str) -> Target:
     raise UserError(f"build target {target!r} is not supported; use one of: {', '.join(TARGETS)} (config/config.yaml: targets).")
 
 
+#: Optional Debian tools and the output each adds: (command names tried, Debian package, output).
+#: Without them a build ships the .tar of objects only; the README and the skipped tests name them.
+OPTIONAL_TOOLS = {
+    "ld64.lld": (("ld64.lld", "ld64.lld-14"), "lld", "Mac .dylib"),
+    "llvm-ar": (("llvm-ar", "llvm-ar-14"), "llvm", "iPhone static library (.a)"),
+}
+
+
+def optional_tool(name: str) -> str | None:
+    """The path of an optional tool of :data:`OPTIONAL_TOOLS`, or None when it is not installed."""
+    commands, _package, _output = OPTIONAL_TOOLS[name]
+    return next((path for path in map(shutil.which, commands) if path), None)
+
+
 def _ld64_lld() -> str | None:
-    return shutil.which("ld64.lld") or shutil.which("ld64.lld-14")
+    return optional_tool("ld64.lld")
 
 
 def _link_macos_dylib(output: str, objects: list[str], **_kwargs: Any) -> None:
@@ -140,7 +154,7 @@ def _deterministic_tar(output: str, files: list[str], **_kwargs: Any) -> None:
 
 def _archive_from_tar(tar_path: Path, archive: Path) -> None:
     """A static library (.a) from the objects in an exported .tar, for Xcode to link."""
-    llvm_ar = shutil.which("llvm-ar")
+    llvm_ar = optional_tool("llvm-ar")
     assert llvm_ar is not None
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(tar_path) as tar:
@@ -227,7 +241,7 @@ def _write_outputs(executable: relax.VMExecutable, out_dir: Path, lib_name: str,
             if target == "mac" and _ld64_lld():
                 executable.export_library(str(staging / f"{lib_name}.dylib"), fcompile=_link_macos_dylib)
                 written.append(f"{lib_name}.dylib")
-            if target == "iphone" and shutil.which("llvm-ar"):
+            if target == "iphone" and optional_tool("llvm-ar"):
                 _archive_from_tar(staging / f"{lib_name}.tar", staging / f"{lib_name}.a")
                 written.append(f"{lib_name}.a")
         for name in written:

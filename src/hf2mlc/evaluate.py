@@ -110,7 +110,10 @@ def _build_scores(engine, reference) -> dict[str, np.ndarray]:
     """Per-position NLL, argmax and KL bounds of the build on the reference's rows."""
     parts: dict[str, list[np.ndarray]] = {"nll": [], "argmax": [], "kl_low": [], "kl_high": [], "tail": []}
     rows = reference.rows()
-    for index, (row, start) in enumerate(zip(rows, reference.offsets[:-1])):
+    from .progress import progress
+
+    pairs = zip(rows, reference.offsets[:-1])
+    for row, start in progress(pairs, desc="evaluate: host library", total=len(rows), unit="row"):
         engine.reset()
         logits = engine.logits_all(row.tolist())
         for a in range(0, len(row), KL_ROWS):
@@ -123,8 +126,6 @@ def _build_scores(engine, reference) -> dict[str, np.ndarray]:
             parts["kl_low"].append(low)
             parts["kl_high"].append(high)
             parts["tail"].append(tail)
-        if (index + 1) % 10 == 0 or index + 1 == len(rows):
-            log.info("evaluate: %d/%d rows", index + 1, len(rows))
     return {key: np.concatenate(value) for key, value in parts.items()}
 
 

@@ -76,6 +76,26 @@ def version_dir(model: str, device: str, version_id: str, results: str = RESULTS
     return f"{results}/{VERSIONS_DIR}/{model}/{device}/{version_id}"
 
 
+def summary_table(results: str = RESULTS) -> str:
+    """The run's job table (hf2mlc.summary): one row per job, each bundle with its quality."""
+    return f"{results}/summary.tsv"
+
+
+def quality_table(results: str = RESULTS) -> str:
+    """One row per evaluated model and quantization (hf2mlc.summary)."""
+    return f"{results}/quality.tsv"
+
+
+def plot_file(name: str, results: str = RESULTS) -> str:
+    """A plot of the report (hf2mlc.plots)."""
+    return f"{results}/report/{name}.png"
+
+
+def benchmarks_dir(results: str = RESULTS) -> str:
+    """Where every rule's benchmark table lives (:func:`benchmark_file`)."""
+    return f"{results}/benchmarks"
+
+
 def log_file(stage: str, job: str, results: str = RESULTS) -> str:
     """A rule's log, ``job`` naming the job by its wildcards (``"{model}/{quant}"``)."""
     return f"{results}/logs/{stage}/{job}.log"
@@ -83,4 +103,4 @@ def log_file(stage: str, job: str, results: str = RESULTS) -> str:
 
 def benchmark_file(stage: str, job: str, results: str = RESULTS) -> str:
     """A rule's benchmark table, named like its log."""
-    return f"{results}/benchmarks/{stage}/{job}.tsv"
+    return f"{benchmarks_dir(results)}/{stage}/{job}.tsv"

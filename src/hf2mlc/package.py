@@ -7,6 +7,8 @@
         mlc-app-config.json          # {"model_list": [{model_id, model_lib, model_path, estimated_vram_bytes}]}
         <model_id>/                  # what MLC's app loads: weights, tensor-cache.json, mlc-chat-config.json,
                                      # tokenizer.model or tokenizer.json, tokenizer_config.json
+      hub/<model_id>/                # instead, with bundle_weight false: published only, and the app config
+                                     # names it by model_url (https://huggingface.co/<upload repo>)
       lib/                           # the model library: <lib>.tar (+ libmodel_iphone.a / <lib>.dylib)
       mlc-package-config.json        # the input `mlc_llm package` would take to make the same bundle
       app-config.json                # the older app's form, as the 2023 write-up used it
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import json
 import os
 import shutil
@@ -51,6 +52,10 @@ SYSTEM_DEFAULTS = {
     "top_p": 1.0,
 }
 STATIC_LIB_NAME = {"iphone": "libmodel_iphone.a"}
+#: Where a bundle with bundle_weight false keeps its model directory: published to the Hub, not in bundle/.
+HUB_ONLY_DIR = "hub"
+#: What MLC's packager turns ``HF://owner/name`` into for the app (mlc_llm/interface/package.py).
+HUB_URL = "https://huggingface.co"
 
 
 def _read_json(path: Path) -> Any:
@@ -207,8 +212,10 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
         if path.is_file():
             generation_config.update({k: v for k, v in _read_json(path).items() if v is not None})
 
-    model_dir = out / "bundle" / model_id
+    # The model directory: in the app bundle, or (bundle_weight false) only on the Hub, where the app fetches it.
+    model_dir = out / ("bundle" if spec.bundle_weight else HUB_ONLY_DIR) / model_id
     model_dir.mkdir(parents=True)
+    (out / "bundle").mkdir(exist_ok=True)
     for src in sorted(inputs.weights.iterdir()):
         if src.name != layout.MANIFEST and not src.name.startswith(".") and src.is_file():
             _link_or_copy(src, model_dir / src.name)
@@ -249,12 +256,19 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
         lib_files.append(name)
     vram = estimated_vram_bytes(config, param_bytes, context_window_size, prefill_chunk_size)
 
+    # Where the app finds the weights: in its bundle (model_path), or downloaded from the Hub (model_url).
+    where = {"model_path": model_id} if spec.bundle_weight else {"model_url": f"{HUB_URL}/{spec.hub_repo}"}
     _dump_mlc_json(
         out / "bundle" / "mlc-app-config.json",
-        {"model_list": [{"model_id": model_id, "model_lib": model_lib, "model_path": model_id, "estimated_vram_bytes": vram}]},
+        {"model_list": [{"model_id": model_id, "model_lib": model_lib, **where, "estimated_vram_bytes": vram}]},
     )
     source = spec.source
-    package_source = source.replace("hf://", "HF://").split("@")[0] if source.startswith("hf://") else f"bundle/{model_id}"
+    if not spec.bundle_weight:
+        package_source = f"HF://{spec.hub_repo}"
+    elif source.startswith("hf://"):
+        package_source = source.replace("hf://", "HF://").split("@")[0]
+    else:
+        package_source = f"bundle/{model_id}"
     _dump_mlc_json(
         out / "mlc-package-config.json",
         {
@@ -264,7 +278,7 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
                     "model": package_source,
                     "model_id": model_id,
                     "estimated_vram_bytes": vram,
-                    "bundle_weight": True,
+                    "bundle_weight": spec.bundle_weight,
                     "overrides": {
                         "context_window_size": context_window_size,
                         "prefill_chunk_size": prefill_chunk_size,
@@ -276,7 +290,11 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
     )
     _dump_mlc_json(
         out / "app-config.json",
-        {"model_libs": [model_lib], "model_list": [{"model_url": package_source, "local_id": model_id}], "add_model_samples": []},
+        {
+            "model_libs": [model_lib],
+            "model_list": [{"model_url": where.get("model_url", package_source), "local_id": model_id}],
+            "add_model_samples": [],
+        },
     )
     card = model_card(
         settings=spec.as_params(),
@@ -287,8 +305,16 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
         model_lib=model_lib,
         estimated_vram=vram,
         tokenizer=parity,
+        source_commit=_source_commit(inputs.model),
     )
     (out / "README.md").write_text(card, encoding="utf-8")
+
+
+def _source_commit(model_dir: Path) -> str | None:
+    """The commit a Hub source's revision resolved to, as its download manifest recorded it."""
+    from .manifest import read_manifest
+
+    return read_manifest(model_dir).get("source", {}).get("commit")
 
 
 @contextlib.contextmanager
@@ -299,11 +325,12 @@ def hub_folder(package: Path) -> Iterator[Path]:
     mlc-chat-config.json; the card is README.md; the libraries go under lib/; the bundle's manifest rides
     along as hf2mlc-manifest.json for provenance.
     """
-    if not (package / "bundle").is_dir():
-        raise UserError(f"{package}: no bundle/ directory; rerun with `snakemake --forcerun package`.")
-    model_dirs = [p for p in (package / "bundle").iterdir() if p.is_dir()]
+    homes = [package / where for where in ("bundle", HUB_ONLY_DIR) if (package / where).is_dir()]
+    if not homes:
+        raise UserError(f"{package}: no bundle/ or {HUB_ONLY_DIR}/ directory; rerun with `snakemake --forcerun package`.")
+    model_dirs = [p for home in homes for p in home.iterdir() if p.is_dir()]
     if len(model_dirs) != 1:
-        raise UserError(f"{package}/bundle: expected one model directory, found {len(model_dirs)}; rerun the package stage.")
+        raise UserError(f"{package}: expected one model directory, found {len(model_dirs)}; rerun the package stage.")
     with tempfile.TemporaryDirectory(prefix=".hub-", dir=package.parent) as tmp:
         root = Path(tmp)
         for src in sorted(model_dirs[0].iterdir()):

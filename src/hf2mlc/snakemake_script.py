@@ -21,6 +21,7 @@ from typing import Any
 
 from .errors import UserError
 from .faults import as_user_error
+from .progress import LogAndTerminal
 
 
 def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> None:
@@ -42,7 +43,8 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
             raise
         print(f"hf2mlc: rule {snakemake.rule}: {user}", file=terminal)
         sys.exit(1)
-    with log_file as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+    # stderr carries the progress bars (hf2mlc.progress, huggingface_hub's): into the log and onto the terminal.
+    with log_file as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(LogAndTerminal(log, terminal)):
         handler = logging.StreamHandler(log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         # Warnings (a deprecated family, a missing optional tool) also reach the terminal, not only the log.
@@ -66,10 +68,10 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
 
 #: The log line that lists the hf2mlc modules a job loaded.
 LOADED_MODULES_LINE = "hf2mlc modules loaded: "
-#: Params and inputs that are for Snakemake only (rerun decisions, job order), not stage arguments.
-#: ``watched``: files a stage reads through a setting (an evaluation text named by path), inputs so that
-#: editing them reruns the job.
-WORKFLOW_ONLY = ("code", "gate", "watched")
+#: Params and inputs that are for Snakemake only (rerun decisions, job order, a report caption), not stage
+#: arguments. ``watched``: files a stage reads through a setting (an evaluation text named by path), inputs
+#: so that editing them reruns the job.
+WORKFLOW_ONLY = ("code", "gate", "watched", "caption")
 
 
 def stage_arguments(stage: Callable[..., Any], snakemake: Any) -> dict[str, Any]:

@@ -174,6 +174,17 @@ class PackageSpec:
     source: str
     family: str
     quantization: str
+    #: False: the app downloads the weights from ``hub_repo`` (MLC's ``model_url``) instead of bundling them.
+    bundle_weight: bool = True
+    #: The Hub repo the upload publishes this bundle to (owner/name), if it is uploaded.
+    hub_repo: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.bundle_weight and not self.hub_repo:
+            raise UserError(
+                f"targets.{self.device}.bundle_weight is false, so the app downloads the weights from the Hub, but "
+                f"the {self.device} bundle is not published: add {self.device} to upload.devices (config/config.yaml)."
+            )
 
     def as_params(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -310,6 +310,30 @@ def upload(*, packages: list[str], records: list[str], repos: dict[str, str], en
         write_json(Path(record_path), _json_safe(record))
 
 
+def tables(
+    *,
+    summary: StrPath,
+    quality: StrPath,
+    reports: dict[str, str],
+    bundles: dict[str, dict[str, str]],
+    benchmarks: StrPath,
+    own_benchmark: StrPath,
+) -> None:
+    """The run's job table and quality table (hf2mlc.summary), from the benchmark files under
+    ``benchmarks`` (less this job's own) and the evaluation reports."""
+    from .summary import write_tables
+
+    write_tables(benchmarks_dir=benchmarks, reports=reports, bundles=bundles, summary_tsv=summary,
+                 quality_tsv=quality, exclude=[own_benchmark])
+
+
+def plot(*, name: str, summary: StrPath, quality: StrPath, png: StrPath) -> None:
+    """One of the report's plots (hf2mlc.plots), drawn from the tables."""
+    from .plots import draw, read_tables
+
+    draw(name, read_tables(summary, quality), png)
+
+
 def _json_safe(value: Any) -> Any:
     """Make stats JSON-serialisable (paths → str, numpy scalars → Python numbers)."""
     if isinstance(value, dict):

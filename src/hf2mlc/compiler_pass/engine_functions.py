@@ -10,9 +10,13 @@ without some of them:
   ``argsort_probs``, ``sample_with_top_p``, ``sampler_take_probs`` (checked at construction) and
   ``renormalize_by_top_p`` (called whenever top_p < 1, as in LINE's recommended settings).
 
+* speculative decoding: ``gather_probs`` and ``scatter_probs`` (rows of probabilities moved between
+  the engine's per-draft-token buffer and its per-sequence one, looked up at engine start), and on
+  GPU targets ``sampler_verify_draft_tokens`` (accepts or rejects a token tree of drafts on the device;
+  without it the engine verifies on the CPU after copying every row back).
+
 They are attached for every target here (hf2mlc's host builds too), which lets the tests run each one
-on the CPU against numpy.  Speculative decoding's ``sampler_verify_draft_tokens`` is not provided:
-the app never enables speculation for these models.
+on the CPU against numpy.
 
 The argument layouts are the engine's (function_table.cc, logit_processor.cc, gpu_sampler.cc):
 logits/probabilities ``[batch, vocab]`` float32, token/row indices int32.
@@ -36,6 +40,9 @@ ENGINE_FUNCTIONS = (
     "sample_with_top_p",
     "sampler_take_probs",
     "renormalize_by_top_p",
+    "gather_probs",
+    "scatter_probs",
+    "sampler_verify_draft_tokens",
 )
 
 
@@ -127,6 +134,137 @@ def _logit_kernels(gpu: bool, threads: int) -> dict[str, tirx.PrimFunc]:
         "apply_penalty_inplace": apply_penalty_inplace,
         "apply_bitmask_inplace": apply_bitmask_inplace,
     }
+
+
+# --- speculative decoding (TensorIR) -------------------------------------------------------------
+
+
+def _row_copy_kernels(gpu: bool, threads: int) -> dict[str, tirx.PrimFunc]:
+    """``gather_probs``: ``dst[i] = src[indices[i]]``; ``scatter_probs``: ``dst[indices[i]] = src[i]``.
+
+    Both write into the engine's own ``dst`` buffer (its argument order is src, indices, dst), one
+    element per thread on a GPU.  (``gather`` is a Python constant: TVMScript resolves it while parsing.)
+    """
+    tx = threads
+
+    def loop(extent, tag):
+        return T.thread_binding(extent, thread=tag) if gpu else T.serial(extent)
+
+    def copy_rows(gather: bool) -> tirx.PrimFunc:
+        @T.prim_func(s_tir=True)
+        def kernel(var_src: T.handle, var_indices: T.handle, var_dst: T.handle):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+            batch_size, rows, vocab_size = T.int32(), T.int32(), T.int32()
+            src = T.match_buffer(var_src, (rows if gather else batch_size, vocab_size), "float32")
+            indices = T.match_buffer(var_indices, (batch_size,), "int32")
+            dst = T.match_buffer(var_dst, (batch_size if gather else rows, vocab_size), "float32")
+            for p0 in loop((batch_size * vocab_size + tx - 1) // tx, "blockIdx.x"):
+                for p1 in loop(tx, "threadIdx.x"):
+                    with T.sblock("copy_rows"):
+                        vb = T.axis.spatial(batch_size, (p0 * tx + p1) // vocab_size)
+                        vj = T.axis.spatial(vocab_size, (p0 * tx + p1) % vocab_size)
+                        T.where(p0 * tx + p1 < batch_size * vocab_size)
+                        if gather:
+                            dst[vb, vj] = src[indices[vb], vj]
+                        else:
+                            dst[indices[vb], vj] = src[vb, vj]
+
+        return kernel
+
+    return {"gather_probs": copy_rows(True), "scatter_probs": copy_rows(False)}
+
+
+def _verify_kernel(gpu: bool) -> tirx.PrimFunc:
+    """Speculative sampling's acceptance test over each sequence's token tree, in place.
+
+    A node's draft token t is accepted when ``model[parent, t] >= u * draft[node, t]`` (u its uniform
+    draw: the test ``u < p/q`` without dividing by a zero q); walking on to its first child.  A
+    rejected node turns its parent's row into ``max(model - draft, 0)`` renormalized (the residual
+    distribution a replacement token is drawn from), and its next sibling is tried against it.  When
+    that residual has no mass (< 1e-7) the draft is accepted as it was.  ``parent_ptr[b]`` starts at
+    the tree's root and ends at the last accepted node: the engine samples the next token from
+    ``model[parent_ptr[b]]``.
+
+    One sequence per GPU thread block: the walk is sequential by nature, and a batch of drafts is
+    short; the engine calls this only while speculating.
+    """
+
+    def loop(extent, tag):
+        return T.thread_binding(extent, thread=tag) if gpu else T.serial(extent)
+
+    @T.prim_func(s_tir=True)
+    def verify(
+        var_draft_probs: T.handle,
+        var_draft_tokens: T.handle,
+        var_model_probs: T.handle,
+        var_first_child: T.handle,
+        var_next_sibling: T.handle,
+        var_uniform_samples: T.handle,
+        var_parent_ptr: T.handle,
+    ):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        num_nodes, nbatch, vocab_size = T.int32(), T.int32(), T.int32()
+        draft_probs = T.match_buffer(var_draft_probs, (num_nodes, vocab_size), "float32")
+        draft_tokens = T.match_buffer(var_draft_tokens, (num_nodes,), "int32")
+        model_probs = T.match_buffer(var_model_probs, (num_nodes, vocab_size), "float32")
+        first_child = T.match_buffer(var_first_child, (num_nodes,), "int32")
+        next_sibling = T.match_buffer(var_next_sibling, (num_nodes,), "int32")
+        uniform_samples = T.match_buffer(var_uniform_samples, (num_nodes,), "float32")
+        parent_ptr = T.match_buffer(var_parent_ptr, (nbatch,), "int32")
+        for b in loop(nbatch, "blockIdx.x"):
+            for _t in loop(1, "threadIdx.x"):
+                with T.sblock("verify"):
+                    vb = T.axis.spatial(nbatch, b)
+                    parent = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                    child = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                    mass = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    parent[0] = parent_ptr[vb]
+                    child[0] = first_child[parent[0]]
+                    while child[0] != -1:
+                        if model_probs[parent[0], draft_tokens[child[0]]] >= (
+                            uniform_samples[child[0]] * draft_probs[child[0], draft_tokens[child[0]]]
+                        ):
+                            parent[0] = child[0]
+                            child[0] = first_child[child[0]]
+                        else:
+                            mass[0] = T.float32(0)
+                            for k in T.serial(vocab_size):
+                                mass[0] = mass[0] + T.max(model_probs[parent[0], k] - draft_probs[child[0], k], T.float32(0))
+                            if mass[0] < T.float32(1e-7):
+                                parent[0] = child[0]
+                                child[0] = first_child[child[0]]
+                            else:
+                                for k in T.serial(vocab_size):
+                                    model_probs[parent[0], k] = (
+                                        T.max(model_probs[parent[0], k] - draft_probs[child[0], k], T.float32(0)) / mass[0]
+                                    )
+                                child[0] = next_sibling[child[0]]
+                    parent_ptr[vb] = parent[0]
+
+    return verify
+
+
+def _attach_verify_draft_tokens(bb: relax.BlockBuilder, gpu: bool) -> None:
+    """The engine's entry point: updates model_probs and parent_ptr in place and returns both."""
+    nodes, batch, vocab = tirx.Var("num_nodes", "int64"), tirx.Var("nbatch", "int64"), tirx.Var("vocab_size", "int64")
+    args = [
+        relax.Var("draft_probs", relax.TensorType((nodes, vocab), "float32")),
+        relax.Var("draft_tokens", relax.TensorType((nodes,), "int32")),
+        relax.Var("model_probs", relax.TensorType((nodes, vocab), "float32")),
+        relax.Var("token_tree_first_child", relax.TensorType((nodes,), "int32")),
+        relax.Var("token_tree_next_sibling", relax.TensorType((nodes,), "int32")),
+        relax.Var("uniform_samples", relax.TensorType((nodes,), "float32")),
+        relax.Var("token_tree_parent_ptr", relax.TensorType((batch,), "int32")),
+    ]
+    kernel = bb.add_func(_verify_kernel(gpu), "batch_verify_draft_tokens")
+    with bb.function("sampler_verify_draft_tokens", args):
+        with bb.dataflow():
+            out = bb.emit_output(
+                relax.call_tir_inplace(
+                    kernel, args, inplace_indices=[2, 6], out_ty=[args[2].ty, args[6].ty]
+                )
+            )
+        bb.emit_func_output(out)
 
 
 # --- sampling (Relax, lowered like the model's own operators) ----------------------------------
@@ -320,9 +458,10 @@ class AttachEngineFunctions:
         _attach_sample_with_top_p(bb)
         _attach_take_probs(bb)
         _attach_renormalize_by_top_p(bb)
-        mod = bb.finalize()
         gpu = self.target.kind.name != "llvm"
+        _attach_verify_draft_tokens(bb, gpu)
+        mod = bb.finalize()
         threads = int(self.target.attrs.get("max_num_threads", 256)) if gpu else 256
-        for name, func in _logit_kernels(gpu, threads).items():
+        for name, func in {**_logit_kernels(gpu, threads), **_row_copy_kernels(gpu, threads)}.items():
             mod[name] = func.with_attr("global_symbol", name)
         return mod

@@ -6,7 +6,9 @@
   It also makes the bounds binding: a runtime must never pass more tokens per call than the chunk.
 * :class:`AttachMetadata` adds ``_metadata()``: a function returning the JSON the engine parses
   (cpp/metadata/model.cc in MLC), completed with ``memory_usage``: bytes of planned activation
-  memory per function, which MLC uses to size the KV cache.
+  memory per function, which MLC uses to size the KV cache, and checked for ``active_vocab_size``:
+  the tokens the sampler may draw (MLC's engine takes it from mlc-chat-config.json, which the package
+  stage copies from here, so the library is where it is decided).
 """
 
 from __future__ import annotations
@@ -79,6 +81,9 @@ class AttachMetadata:
         self.metadata = metadata
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        active = self.metadata.get("active_vocab_size")
+        if not isinstance(active, int) or active <= 0:
+            raise ValueError(f"_metadata needs a positive active_vocab_size, got {active!r}")
         self.metadata["memory_usage"] = planned_memory(mod)
         bb = relax.BlockBuilder()
         with bb.function(METADATA_FUNCTION, params=[]):

@@ -309,7 +309,8 @@ class GPTNeoXForCausalLM(nn.Module):
             "disaggregation": False,
             "kv_state_kind": "kv_cache",
             "max_batch_size": max_batch_size,
-            "active_vocab_size": None,
+            # Every embedding row is a token the tokenizer emits (no padded rows in GPT-NeoX configs).
+            "active_vocab_size": config.vocab_size,
             "model_task": "chat",
             "kv_cache": {
                 "num_hidden_layers": config.num_hidden_layers,
