@@ -29,9 +29,11 @@ from . import Quantization
 from .group import pack
 
 #: Fractions of the no-clip scale tried per group (clipping a few outliers often lowers the error).
-SEARCH_RATIOS = tuple(np.round(np.linspace(1.0, 0.6, 13), 4))
+SEARCH_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 #: Exponents tried for AWQ's per-channel factors ``s = mean(x²)^(alpha / 2)``.
 AWQ_ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+#: Rows of each weight that judge AWQ's exponent.
+_AWQ_SAMPLE_ROWS = 1024
 #: Rows per block in the vectorised searches (bounds the temporaries to a few MB).
 _BLOCK_ELEMS = 1 << 18
 
@@ -105,31 +107,28 @@ def _candidate_scales(groups: np.ndarray, q: Quantization, ratios: tuple[float, 
 
 
 def _group_error(groups: np.ndarray, codes: np.ndarray, scale: np.ndarray, d: np.ndarray, q: Quantization) -> np.ndarray:
-    deq = (codes - np.float32(q.max_int_value)) * scale[..., None]
-    if q.model_dtype != "float32":  # the decoder's product is rounded to the model dtype: judge that value
-        deq = deq.astype(q.model_dtype).astype(np.float32)
+    """Weighted squared error per group, in float32 (the decoder's final rounding to float16 changes a
+    level by at most 2**-11 of itself, far below the quantization step, so the search ignores it)."""
+    deq = codes - np.float32(q.max_int_value)
+    deq *= scale[..., None]
     deq -= groups
     deq *= deq
     deq *= d
     return deq.sum(axis=-1)
 
 
-def _search_groups(
-    groups: np.ndarray, d: np.ndarray, q: Quantization, ratios: tuple[float, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Best (codes [n, G, gs] float32, scale [n, G] float32) over the candidate scales, per group."""
-    best_err = best_scale = best_codes = None
+def _search_groups(groups: np.ndarray, d: np.ndarray, q: Quantization, ratios: tuple[float, ...]) -> np.ndarray:
+    """The best scale [n, G] (float32, representable in the model dtype) over the candidates, per group."""
+    best_err = best_scale = None
     for scale in _candidate_scales(groups, q, ratios):
-        codes = _codes_for(groups, scale, q)
-        err = _group_error(groups, codes, scale, d, q)
+        err = _group_error(groups, _codes_for(groups, scale, q), scale, d, q)
         if best_err is None:
-            best_err, best_scale, best_codes = err, scale, codes
+            best_err, best_scale = err, scale
             continue
         better = err < best_err
-        best_err = np.where(better, err, best_err)
-        best_scale = np.where(better, scale, best_scale)
-        best_codes = np.where(better[..., None], codes, best_codes)
-    return best_codes, best_scale
+        np.copyto(best_err, err, where=better)
+        np.copyto(best_scale, scale, where=better)
+    return best_scale
 
 
 def _rows_per_block(width: int) -> int:
@@ -157,8 +156,9 @@ def search_scales(
     step = _rows_per_block(codes.shape[1])
     for start in range(0, n, step):
         stop = min(n, start + step)
-        c, s = _search_groups(_padded_groups(weight[start:stop], q), d, q, ratios)
-        codes[start:stop] = c.reshape(stop - start, -1)
+        groups = _padded_groups(weight[start:stop], q)
+        s = _search_groups(groups, d, q, ratios)
+        codes[start:stop] = _codes_for(groups, s, q).reshape(stop - start, -1)
         scales[start:stop] = s
     return np.ascontiguousarray(codes[:, :k]), scales.astype(q.model_dtype)
 
@@ -198,6 +198,8 @@ def awq_scales(
     floor = rms[positive].min() if positive.any() else 1.0
     rms = np.where(positive, rms, floor)
     best = (np.inf, np.ones(k, np.float32))
+    # alpha is one number per input: an even sample of rows judges it as well as every row does.
+    weights = [w[:: max(1, len(w) // _AWQ_SAMPLE_ROWS)] for w in weights]
     for alpha in alphas:
         s = rms**alpha
         s = (s / np.exp(np.log(s).mean())).astype(np.float32)
@@ -206,6 +208,21 @@ def awq_scales(
         if err < best[0]:
             best = (err, s)
     return best[1]
+
+
+def _inverse_cholesky_upper(h: np.ndarray) -> np.ndarray:
+    """Upper-triangular ``U`` with ``H⁻¹ = UᵀU``: its rows are GPTQ's update directions.
+
+    With ``J`` the reversal permutation and ``JHJ = LLᵀ``, ``U = J L⁻¹ J``: one Cholesky factorisation
+    and one triangular solve, instead of factorising, inverting and factorising again.
+    """
+    import torch
+
+    reversed_h = torch.from_numpy(np.ascontiguousarray(h[::-1, ::-1]))
+    lower = torch.linalg.cholesky(reversed_h)
+    eye = torch.eye(h.shape[0], dtype=lower.dtype)
+    inverse = torch.linalg.solve_triangular(lower, eye, upper=False).numpy()
+    return np.ascontiguousarray(inverse[::-1, ::-1])
 
 
 def gptq(
@@ -225,50 +242,53 @@ def gptq(
     updates: the error of a block reaches the later columns in one matrix product), so a group's scale
     is searched on columns that already carry every earlier column's compensation.
     """
-    import torch
-
     weight = np.asarray(weight, np.float32)
     n, k = weight.shape
     gs = q.group_size
     width = q.num_groups(k) * gs
-    h = np.zeros((width, width), np.float64)
+    h = np.zeros((width, width), np.float32)
     h[:k, :k] = hessian
     diag = np.diagonal(h).copy()
     importance = np.where(np.arange(width) < k, diag, 0.0).astype(np.float32)
     dead = diag <= 0
     h[dead, dead] = 1.0
-    h[np.diag_indices(width)] += damp * float(diag[:k].mean() if k else 0.0) or damp
-    # U upper with H⁻¹ = UᵀU: the rows of U are the GPTQ update directions.
-    chol = torch.linalg.cholesky(torch.from_numpy(h))
-    upper = torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True).to(torch.float32).numpy()
-
-    w = np.zeros((n, width), np.float32)
-    w[:, :k] = weight
-    codes = np.empty((n, width), np.uint8)
-    scales = np.empty((n, width // gs), np.float32)
-    mi = np.float32(q.max_int_value)
+    mean_diag = float(diag[:k].mean()) if k else 0.0
+    h[np.diag_indices(width)] += damp * (mean_diag if mean_diag > 0 else 1.0)
+    upper = _inverse_cholesky_upper(h)
+    # Transposed ([column, row]) so that one input column is one contiguous vector.
+    wt = np.zeros((width, n), np.float32)
+    wt[:k] = weight.T
+    codes = np.empty((width, n), np.uint8)
+    scales = np.empty((width // gs, n), np.float32)
+    mi, top = np.float32(q.max_int_value), np.float32(top_code(q))
+    rounded = q.model_dtype != "float32"
     block = gs * block_groups
     for i1 in range(0, width, block):
         i2 = min(width, i1 + block)
-        w1 = w[:, i1:i2].copy()
+        w1 = wt[i1:i2]  # a view: updated in place
         err1 = np.empty_like(w1)
         u1 = upper[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
             g = col // gs
             if col % gs == 0:
-                _, s = _search_groups(w1[:, None, i:i + gs], importance[col:col + gs][None, :], q, ratios)
-                scales[:, g] = s[:, 0]
-            s = scales[:, g]
-            c = _codes_for(w1[:, i:i + 1], s, q)[:, 0]
-            codes[:, col] = c
-            deq = decode(c[:, None].astype(np.uint8), s[:, None], q)[:, 0]
-            e = (w1[:, i] - deq) / u1[i, i]
-            w1[:, i + 1:] -= np.outer(e, u1[i, i + 1:])
-            err1[:, i] = e
+                group = np.ascontiguousarray(w1[i:i + gs].T)[:, None, :]
+                s = _search_groups(group, importance[col:col + gs][None, :], q, ratios)[:, 0]
+                scales[g] = s
+                safe = np.where(s == 0, np.float32(1), s)
+            c = np.rint(w1[i] / safe)
+            c += mi
+            np.clip(c, 0, top, out=c)
+            codes[col] = c
+            deq = (c - mi) * s
+            if rounded:  # the value the decoder will produce
+                deq = deq.astype(q.model_dtype).astype(np.float32)
+            e = (w1[i] - deq) / u1[i, i]
+            w1[i + 1:] -= u1[i, i + 1:, None] * e[None, :]
+            err1[i] = e
         if i2 < width:
-            w[:, i2:] -= err1 @ upper[i1:i2, i2:]
-    return np.ascontiguousarray(codes[:, :k]), scales.astype(q.model_dtype)
+            wt[i2:] -= upper[i1:i2, i2:].T @ err1
+    return np.ascontiguousarray(codes[:k].T), np.ascontiguousarray(scales.T).astype(q.model_dtype)
 
 
 def encode_linear(codes: np.ndarray, scale: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.ndarray]:
