@@ -14,10 +14,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+import hf2mlc
+from hf2mlc.convert import convert_weights
+from hf2mlc.errors import UserError
+from hf2mlc.evaluation_text import load_tokenizer
 from hf2mlc.model.config import GPTNeoXConfig
 from hf2mlc.quantization import METHODS, get_method, get_quantization
 from hf2mlc.quantization.calibrated import (
@@ -31,7 +38,8 @@ from hf2mlc.quantization.calibrated import (
 )
 from hf2mlc.quantization.calibration import HEAD, LAYER_LINEARS, CalibrationStats, plan_layer
 from hf2mlc.quantization.group import dequantize, quantize
-from tiny_models import load_reference, make_tiny_model
+from hf2mlc.tensor_cache import read_tensor_cache
+from tiny_models import add_char_tokenizer, load_reference, make_tiny_model
 
 FORMATS = ["q4f16_0", "q4f16_1", "q3f16_0", "q3f16_1"]
 
@@ -48,11 +56,11 @@ def mlc_dequantize(q_weight: np.ndarray, q_scale: np.ndarray, name: str, k: int)
     per_word = 32 // bits
     offset = 2 ** (bits - 1) - 1
     out = np.empty((q_weight.shape[0], k), np.float32)
-    for n in range(q_weight.shape[0]):
-        for j in range(k):
-            word = int(q_weight[n, j // per_word])
-            value = (word >> (bits * (j % per_word))) & ((1 << bits) - 1)
-            out[n, j] = np.float16(np.float16(value - offset) * np.float16(q_scale[n, j // q.group_size]))
+    for j in range(k):  # one input position at a time, all rows together
+        words = q_weight[:, j // per_word].astype(np.uint64)
+        values = (words >> np.uint64(bits * (j % per_word))) & np.uint64((1 << bits) - 1)
+        scale = q_scale[:, j // q.group_size].astype(np.float16)
+        out[:, j] = (values.astype(np.float16) - np.float16(offset)) * scale  # float16 arithmetic
     return out
 
 
@@ -292,3 +300,103 @@ def test_awq_folding_leaves_the_float_model_unchanged(tiny, variant):
     rel = np.abs(got - want).max() / np.abs(want).max()
     print(f"{variant}: AWQ fold, max relative logit change {rel:.2e}")
     assert rel < 1e-5
+
+
+# ---------------------------------------------------------------- through convert_weights
+
+
+DATA = Path(hf2mlc.__file__).with_name("data")
+
+
+def _calibration_file(path: Path) -> Path:
+    """Japanese documents that are not the evaluation text: the tokenizer cases, one document each."""
+    lines = (DATA / "tokenizer_cases_ja.txt").read_text(encoding="utf-8").splitlines()
+    docs = [json.loads(line) for line in lines if line.startswith('"')]
+    path.write_text("\n\n".join(d.replace("\n\n", "\n") for d in docs if d.strip()), encoding="utf-8")
+    return path
+
+
+def _hf_rows(rows: np.ndarray, heads: int) -> np.ndarray:
+    """MLC's qkv rows [(q|k|v), head, d] back to Hugging Face's [head, (q|k|v), d]."""
+    return np.ascontiguousarray(rows.reshape(3, heads, -1, *rows.shape[1:]).swapaxes(0, 1)).reshape(rows.shape)
+
+
+def _decoded_state(weights_dir: Path, config: GPTNeoXConfig, name: str) -> dict[str, np.ndarray]:
+    """Every tensor of a converted bundle as the model will see it, decoded with :func:`mlc_dequantize`."""
+    cache = read_tensor_cache(weights_dir)
+    in_features = {"dense_4h_to_h": config.intermediate_size}
+    state = {}
+    for key, array in cache.items():
+        if key.endswith(".q_scale"):
+            continue
+        if key.endswith(".q_weight"):
+            base = key[: -len(".q_weight")]
+            scale = cache[f"{base}.q_scale"]
+            if base == "gpt_neox.embed_in":  # never transposed: decode as NK
+                array = mlc_dequantize(array, scale, "q3f16_1" if "q3" in name else "q4f16_1", config.hidden_size)
+            else:
+                array = mlc_dequantize(array, scale, name, in_features.get(base.rsplit(".", 1)[-1], config.hidden_size))
+            key = f"{base}.weight"
+        array = np.asarray(array, np.float32)
+        if ".query_key_value." in key:
+            array = _hf_rows(array, config.num_attention_heads)
+        state[key] = array
+    return state
+
+
+def _logits(model, state: dict[str, np.ndarray] | None, ids: list[int]) -> np.ndarray:
+    with torch.no_grad():
+        if state is not None:
+            model.config.tie_word_embeddings = False
+            model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+            sd = {("lm_head.weight" if k == "embed_out.weight" else k): torch.from_numpy(v) for k, v in state.items()}
+            model.load_state_dict(sd, strict=True)
+        return model(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def _mean_kl(ref: np.ndarray, got: np.ndarray) -> float:
+    lp = ref - np.logaddexp.reduce(ref, axis=-1, keepdims=True)
+    lq = got - np.logaddexp.reduce(got, axis=-1, keepdims=True)
+    return float((np.exp(lp) * (lp - lq)).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def bundle_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrated-convert")
+    calib = _calibration_file(root / "calib.txt")
+    model_dir = make_tiny_model(root / "hf", "line", seed=5, vocab_size=256, hidden_size=80, intermediate_size=320)
+    add_char_tokenizer(model_dir, [calib.read_text(encoding="utf-8"), (DATA / "eval_ja.txt").read_text(encoding="utf-8")], 256)
+    return root, model_dir, calib
+
+
+@pytest.mark.parametrize("name", ["q3f16_1", "q4f16_0"])
+def test_convert_with_each_method_decodes_and_beats_rtn(bundle_model, name):
+    root, model_dir, calib = bundle_model
+    config = GPTNeoXConfig.from_file(model_dir)
+    encode = load_tokenizer(model_dir).encode
+    probe = encode((DATA / "eval_ja.txt").read_text(encoding="utf-8"))[:96]
+    model = load_reference(model_dir)
+    want = _logits(model, None, probe)
+    kl = {}
+    for method in METHODS:
+        out = root / f"w-{name}-{method}"
+        stats = convert_weights(model_dir, out, name, method=method, calibration_text=str(calib),
+                                calibration_tokens=600, evaluation_text="eval_ja", progress=False)
+        assert stats["method"] == method
+        if method != "rtn":
+            assert stats["calibration"]["tokens"] == 600 and stats["calibration"]["segments"] >= 2
+        kl[method] = _mean_kl(want, _logits(load_reference(model_dir), _decoded_state(out, config, name), probe))
+    print(f"{name}: mean KL to the float model: " + ", ".join(f"{m} {v:.4f}" for m, v in kl.items()))
+    for method in METHODS:
+        if method != "rtn":
+            assert kl[method] < kl["rtn"], (method, kl)
+
+
+def test_calibration_text_must_be_disjoint_from_the_evaluation_text(bundle_model, tmp_path):
+    _root, model_dir, _calib = bundle_model
+    with pytest.raises(UserError, match="also in the evaluation text"):
+        convert_weights(model_dir, tmp_path / "w", "q4f16_0", method="awq", calibration_text="eval_ja",
+                        evaluation_text="eval_ja", progress=False)
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(UserError, match="not quantized"):
+        convert_weights(model_dir, tmp_path / "w", "q0f16", method="awq", progress=False)

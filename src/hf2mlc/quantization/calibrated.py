@@ -33,7 +33,7 @@ SEARCH_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
 #: Exponents tried for AWQ's per-channel factors ``s = mean(x²)^(alpha / 2)``.
 AWQ_ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 #: Rows of each weight that judge AWQ's exponent.
-_AWQ_SAMPLE_ROWS = 1024
+_AWQ_SAMPLE_ROWS = 256
 #: Rows per block in the vectorised searches (bounds the temporaries to a few MB).
 _BLOCK_ELEMS = 1 << 18
 
@@ -170,13 +170,13 @@ def weighted_error(weight: np.ndarray, decoded: np.ndarray, importance: np.ndarr
     return float(((diff * diff) * d).sum())
 
 
-def _no_clip_quantize_error(weight: np.ndarray, d: np.ndarray, q: Quantization) -> float:
-    """Activation-weighted error of the cheapest full-range quantizer (AWQ's inner objective)."""
+def _searched_error(weight: np.ndarray, d: np.ndarray, q: Quantization) -> float:
+    """Activation-weighted error after the per-group scale search (AWQ's inner objective)."""
     total = 0.0
     step = _rows_per_block(d.size)
     for start in range(0, weight.shape[0], step):
         groups = _padded_groups(weight[start:start + step], q)
-        scale = _candidate_scales(groups, q, (1.0,))[1]
+        scale = _search_groups(groups, d, q, SEARCH_RATIOS)
         total += float(_group_error(groups, _codes_for(groups, scale, q), scale, d, q).sum())
     return total
 
@@ -187,8 +187,8 @@ def awq_scales(
     """AWQ: per-input-channel factors ``s`` [K] for the linears that share one input (their weights [N_i, K]).
 
     ``s = mean(x²)^(alpha/2)``, normalised to geometric mean 1, with ``alpha`` from a grid minimising
-    ``Σ_k mean(x_k²) (W - Q(W s) / s)²`` summed over the linears; ``alpha = 0`` (no scaling) is in the
-    grid, so by this measure AWQ is never worse than no scaling.  The linears use ``W * s`` and their
+    ``Σ_k mean(x_k²) (W - Q(W s) / s)²`` summed over the linears, ``Q`` the scale search; ``alpha = 0``
+    (no scaling) is in the grid, so by this measure AWQ is never worse than the search alone.  The linears use ``W * s`` and their
     input must become ``x / s``.
     """
     importance = np.asarray(importance, np.float64)
@@ -204,7 +204,7 @@ def awq_scales(
         s = rms**alpha
         s = (s / np.exp(np.log(s).mean())).astype(np.float32)
         d_scaled = _padded_importance(importance / (s.astype(np.float64) ** 2), k, q)
-        err = sum(_no_clip_quantize_error(np.asarray(w, np.float32) * s, d_scaled, q) for w in weights)
+        err = sum(_searched_error(np.asarray(w, np.float32) * s, d_scaled, q) for w in weights)
         if err < best[0]:
             best = (err, s)
     return best[1]

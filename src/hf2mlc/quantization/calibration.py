@@ -24,13 +24,16 @@ function in float arithmetic:
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from ..model.config import GPTNeoXConfig
 from . import Method, Quantization
 from .calibrated import awq_scales, encode_embedding, encode_linear, gptq, search_scales
@@ -39,6 +42,98 @@ from .calibrated import awq_scales, encode_embedding, encode_linear, gptq, searc
 LAYER_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 #: The final head, observed as layer -1.
 HEAD = "embed_out"
+#: The bundled calibration text (``src/hf2mlc/data/calib_ja.txt``), by the name ``evaluation.text`` uses too.
+DEFAULT_CALIBRATION_TEXT = "calib_ja"
+#: Calibration tokens by default: enough for stable per-channel statistics, cheap at 3.6B.
+DEFAULT_CALIBRATION_TOKENS = 2048
+#: Longest calibration sequence (each document is cut into windows of at most this many tokens).
+SEGMENT_TOKENS = 512
+
+
+@dataclass
+class CalibrationText:
+    """The token sequences calibration runs on, and where they came from (recorded in the manifest)."""
+
+    name: str
+    sha256: str
+    segments: list[np.ndarray] = field(repr=False)
+
+    @property
+    def tokens(self) -> int:
+        return int(sum(s.size for s in self.segments))
+
+    def record(self) -> dict[str, object]:
+        return {"text": self.name, "sha256": self.sha256, "tokens": self.tokens, "segments": len(self.segments)}
+
+
+def _documents(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: the calibration text is not UTF-8 ({err}).") from err
+    return [d.strip("\n") for d in text.split("\n\n") if d.strip()]
+
+
+def load_calibration_text(
+    model_dir: Path,
+    spec: str = DEFAULT_CALIBRATION_TEXT,
+    *,
+    max_tokens: int = DEFAULT_CALIBRATION_TOKENS,
+    evaluation_text: str | None = None,
+    base_dir: Path = Path("."),
+) -> CalibrationText:
+    """Token windows of the calibration text (a bundled set by name, or a file; documents split by blank lines).
+
+    ``evaluation_text`` (the same kind of setting) must be disjoint from it: no document in both, else
+    the evaluation would score text the quantizer was tuned on.
+    """
+    from ..evaluation_text import load_tokenizer, resolve_text_file
+
+    if max_tokens < 1:
+        raise UserError(f"calibration tokens must be at least 1, got {max_tokens}.")
+    path = resolve_text_file(spec, Path(model_dir), base_dir=base_dir)
+    documents = _documents(path)
+    if evaluation_text is not None:
+        shared = set(documents) & set(_documents(resolve_text_file(evaluation_text, Path(model_dir), base_dir=base_dir)))
+        if shared:
+            raise UserError(
+                f"{path}: {len(shared)} document(s) of the calibration text are also in the evaluation text "
+                f"{evaluation_text!r}; calibrate on text the evaluation does not score (set the calibration text "
+                "in config/config.yaml)."
+            )
+    config = GPTNeoXConfig.from_file(Path(model_dir))
+    window = min(SEGMENT_TOKENS, config.max_position_embeddings)
+    encode = load_tokenizer(Path(model_dir)).encode
+    segments: list[np.ndarray] = []
+    left = max_tokens
+    for doc in documents:
+        ids = encode(doc)
+        for start in range(0, len(ids), window):
+            if left <= 0:
+                break
+            piece = np.asarray(ids[start:start + min(window, left)], np.int64)
+            segments.append(piece)
+            left -= piece.size
+    if not segments:
+        raise UserError(f"{path}: the calibration text has no tokens.")
+    return CalibrationText(spec if path.parent.name == "data" else path.name, hashlib.sha256(path.read_bytes()).hexdigest(), segments)
+
+
+def collect_statistics(model_dir: Path, text: CalibrationText, *, hessians: bool) -> CalibrationStats:
+    """One streaming float32 forward pass over the calibration windows (:mod:`hf2mlc.reference`),
+    observing every linear's input; one layer's weights in memory at a time."""
+    from ..reference import stream_logit_blocks
+
+    stats = CalibrationStats(hessians=hessians)
+    start = time.perf_counter()
+    try:
+        for _ in stream_logit_blocks(Path(model_dir), text.segments, observe=stats.observe):
+            pass
+    except BaseException:
+        stats.close()
+        raise
+    stats.seconds = time.perf_counter() - start
+    return stats
 
 
 class CalibrationStats:
@@ -54,6 +149,7 @@ class CalibrationStats:
         self._sq: dict[tuple[int, str], np.ndarray] = {}
         self._count: dict[tuple[int, str], int] = {}
         self._chunks: dict[tuple[int, str], list[Path]] = {}
+        self.seconds = 0.0  # of the forward pass that filled these statistics
         self._own_spool = hessians and spool_dir is None
         self._spool = Path(tempfile.mkdtemp(prefix="hf2mlc-calib-")) if self._own_spool else spool_dir
         if hessians and self._spool is not None:
