@@ -23,10 +23,12 @@ All functions take a Linear weight as float32 ``[N (out), K (in)]`` and return c
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import numpy as np
 
 from . import Quantization
-from .group import pack
+from .group import _worker_count, pack
 
 #: Fractions of the no-clip scale tried per group (clipping a few outliers often lowers the error).
 SEARCH_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7)
@@ -106,22 +108,30 @@ def _candidate_scales(groups: np.ndarray, q: Quantization, ratios: tuple[float, 
     return candidates
 
 
-def _group_error(groups: np.ndarray, codes: np.ndarray, scale: np.ndarray, d: np.ndarray, q: Quantization) -> np.ndarray:
-    """Weighted squared error per group, in float32 (the decoder's final rounding to float16 changes a
-    level by at most 2**-11 of itself, far below the quantization step, so the search ignores it)."""
-    deq = codes - np.float32(q.max_int_value)
-    deq *= scale[..., None]
-    deq -= groups
-    deq *= deq
-    deq *= d
-    return deq.sum(axis=-1)
+def _group_error(groups: np.ndarray, scale: np.ndarray, d: np.ndarray, q: Quantization) -> np.ndarray:
+    """Weighted squared error per group [n, G] of the nearest codes under ``scale``, in float32.
+
+    ``w - (r) s = s (w / s - r)`` with ``r`` the clipped rounded quotient, so the error is
+    ``s² Σ d (t - r)²`` over the quotients ``t``: four passes over the group.  (The decoder's final
+    rounding to float16 moves a level by at most 2**-11 of itself, far below the quantization step,
+    so the search ignores it; the reported errors use the decoded values.)
+    """
+    safe = np.where(scale == 0, np.float32(1), scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        t = groups / safe[..., None]
+    r = np.rint(t)
+    np.clip(r, -np.float32(q.max_int_value), np.float32(top_code(q) - q.max_int_value), out=r)
+    t -= r
+    t *= t
+    t *= d
+    return t.sum(axis=-1) * (safe * safe)
 
 
 def _search_groups(groups: np.ndarray, d: np.ndarray, q: Quantization, ratios: tuple[float, ...]) -> np.ndarray:
     """The best scale [n, G] (float32, representable in the model dtype) over the candidates, per group."""
     best_err = best_scale = None
     for scale in _candidate_scales(groups, q, ratios):
-        err = _group_error(groups, _codes_for(groups, scale, q), scale, d, q)
+        err = _group_error(groups, scale, d, q)
         if best_err is None:
             best_err, best_scale = err, scale
             continue
@@ -129,6 +139,18 @@ def _search_groups(groups: np.ndarray, d: np.ndarray, q: Quantization, ratios: t
         np.copyto(best_err, err, where=better)
         np.copyto(best_scale, scale, where=better)
     return best_scale
+
+
+def _in_threads(run, starts: range) -> None:
+    """``run(start)`` for every block, on all cores (numpy releases the GIL inside each operation)."""
+    workers = min(_worker_count(None), len(starts))
+    if workers <= 1:
+        for start in starts:
+            run(start)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="calibrated") as pool:
+        for future in [pool.submit(run, start) for start in starts]:
+            future.result()
 
 
 def _rows_per_block(width: int) -> int:
@@ -154,12 +176,15 @@ def search_scales(
     codes = np.empty((n, q.num_groups(k) * q.group_size), np.uint8)
     scales = np.empty((n, q.num_groups(k)), np.float32)
     step = _rows_per_block(codes.shape[1])
-    for start in range(0, n, step):
+
+    def run(start: int) -> None:
         stop = min(n, start + step)
         groups = _padded_groups(weight[start:stop], q)
         s = _search_groups(groups, d, q, ratios)
         codes[start:stop] = _codes_for(groups, s, q).reshape(stop - start, -1)
         scales[start:stop] = s
+
+    _in_threads(run, range(0, n, step))
     return np.ascontiguousarray(codes[:, :k]), scales.astype(q.model_dtype)
 
 
@@ -176,8 +201,7 @@ def _searched_error(weight: np.ndarray, d: np.ndarray, q: Quantization) -> float
     step = _rows_per_block(d.size)
     for start in range(0, weight.shape[0], step):
         groups = _padded_groups(weight[start:start + step], q)
-        scale = _search_groups(groups, d, q, SEARCH_RATIOS)
-        total += float(_group_error(groups, _codes_for(groups, scale, q), scale, d, q).sum())
+        total += float(_group_error(groups, _search_groups(groups, d, q, SEARCH_RATIOS), d, q).sum())
     return total
 
 

@@ -35,13 +35,11 @@ import numpy as np
 
 from ..errors import UserError
 from ..model.config import GPTNeoXConfig
+from ..reference import HEAD_NAME as HEAD
+from ..reference import LINEARS as LAYER_LINEARS
 from . import Method, Quantization
 from .calibrated import awq_scales, encode_embedding, encode_linear, gptq, search_scales
 
-#: The linears of one GPT-NeoX layer, Hugging Face names (the observe() interface's names).
-LAYER_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
-#: The final head, observed as layer -1.
-HEAD = "embed_out"
 #: The bundled calibration text (``src/hf2mlc/data/calib_ja.txt``), by the name ``evaluation.text`` uses too.
 DEFAULT_CALIBRATION_TEXT = "calib_ja"
 #: Calibration tokens by default: enough for stable per-channel statistics, cheap at 3.6B.
@@ -121,17 +119,25 @@ def load_calibration_text(
 
 def collect_statistics(model_dir: Path, text: CalibrationText, *, hessians: bool) -> CalibrationStats:
     """One streaming float32 forward pass over the calibration windows (:mod:`hf2mlc.reference`),
-    observing every linear's input; one layer's weights in memory at a time."""
-    from ..reference import stream_logit_blocks
+    observing every linear's input, one layer's weights in memory at a time.
+
+    The head's input is the final-layer-normed residual stream, so the pass stops there: the logits
+    (a [tokens, vocab] product as large as a layer's work at 3.6B) are not needed.
+    """
+    from ..reference import HEAD_LAYER, CheckpointWeights, final_hidden_states
 
     stats = CalibrationStats(hessians=hessians)
     start = time.perf_counter()
+    config = GPTNeoXConfig.from_file(Path(model_dir))
+    weights = CheckpointWeights(Path(model_dir), config)
     try:
-        for _ in stream_logit_blocks(Path(model_dir), text.segments, observe=stats.observe):
-            pass
+        hidden = final_hidden_states(config, weights, text.segments, observe=stats.observe)
+        stats.observe(HEAD_LAYER, HEAD, hidden)
     except BaseException:
         stats.close()
         raise
+    finally:
+        weights.close()
     stats.seconds = time.perf_counter() - start
     return stats
 
