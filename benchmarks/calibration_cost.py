@@ -5,8 +5,11 @@ a sum over 30 identical layers plus the embedding and the head.  So this writes 
 (``benchmarks/synthetic.py``) with one layer, runs the calibration forward pass over
 ``--tokens`` random tokens (timestamps of the observe() calls split it into the layer and the head),
 then times, per method, folding and quantizing that layer, the head and the embedding, and
-extrapolates: ``forward_layer * 30 + forward_head + Σ_methods (layer * 30 + head + embedding)``.
-The RTN conversion's own I/O is not included (benchmarks/RESULTS.md has it).
+extrapolates: ``(forward_layer + layer) * 30 + head + embedding`` per method.
+Each phase is timed in wall seconds and in CPU seconds of the process (all threads): on a shared
+machine the wall time says more about the neighbours than about the work, and ``CPU / cores`` bounds
+what the same work takes on that many free cores.  The RTN conversion's own I/O is not included
+(benchmarks/RESULTS.md has it).
 
     PYTHONPATH=src python benchmarks/calibration_cost.py --tokens 2048 --quantization q4f16_0
 """
@@ -35,7 +38,7 @@ from hf2mlc.quantization.calibration import (  # noqa: E402
     plan_layer,
     quantize_planned,
 )
-from hf2mlc.reference import stream_logit_blocks  # noqa: E402
+from hf2mlc.reference import CheckpointWeights, final_hidden_states  # noqa: E402
 
 LAYERS_AT_FULL_SIZE = SCALES["full"]["num_hidden_layers"]
 
@@ -73,18 +76,18 @@ def main() -> None:
 
     def observe(layer: int, name: str, x: np.ndarray) -> None:
         stamps.setdefault(f"{layer}:{name}", time.perf_counter())
+        stamps.setdefault(f"cpu {layer}:{name}", time.process_time())
         stats.observe(layer, name, x)
 
-    start = time.perf_counter()
-    for _ in stream_logit_blocks(model_dir, text.segments, observe=observe):
-        pass
-    end = time.perf_counter()
+    source = CheckpointWeights(model_dir, config)
+    hidden = final_hidden_states(config, source, text.segments, observe=observe)  # as collect_statistics does
+    observe(-1, "embed_out", hidden)
+    source.close()
     forward_layer = stamps["-1:embed_out"] - stamps["0:attention.query_key_value"]
-    forward_head = end - stamps["-1:embed_out"]
+    forward_layer_cpu = stamps["cpu -1:embed_out"] - stamps["cpu 0:attention.query_key_value"]
     result: dict[str, object] = {
         "tokens": args.tokens, "quantization": q.name,
-        "forward_first_layer_s": round(stamps["0:attention.query_key_value"] - start, 2),
-        "forward_layer_s": round(forward_layer, 2), "forward_head_s": round(forward_head, 2), "methods": {},
+        "forward_layer_s": round(forward_layer, 2), "forward_layer_cpu_s": round(forward_layer_cpu, 2), "methods": {},
     }
     print(json.dumps(result), flush=True)
     with HuggingFaceWeights(model_dir) as weights:
@@ -94,20 +97,21 @@ def main() -> None:
             timing: dict[str, float] = {}
             for layer in (0, -1):
                 tensors = {n: reader.read(n).astype(np.float32) for n in _layer_names(layer)}
-                t0 = time.perf_counter()
+                part = "layer" if layer == 0 else "head"
+                t0, c0 = time.perf_counter(), time.process_time()
                 folded, plans = plan_layer(tensors, layer, stats, config, method, q)
-                t1 = time.perf_counter()
                 for linear, plan in plans.items():
                     quantize_planned(folded[f"{linear}.weight"], plan, method, q)
-                timing["layer" if layer == 0 else "head"] = round(time.perf_counter() - t0, 2)
-                timing["plan_layer" if layer == 0 else "plan_head"] = round(t1 - t0, 2)
-            t0 = time.perf_counter()
+                timing[part] = round(time.perf_counter() - t0, 2)
+                timing[f"{part}_cpu"] = round(time.process_time() - c0, 2)
+            t0, c0 = time.perf_counter(), time.process_time()
             quantize_planned(embed, None, method, q, embedding=True)
             timing["embedding"] = round(time.perf_counter() - t0, 2)
-            timing["estimate_3_6b_min"] = round(
-                (forward_layer * LAYERS_AT_FULL_SIZE + forward_head
-                 + timing["layer"] * LAYERS_AT_FULL_SIZE + timing["head"] + timing["embedding"]) / 60, 1
-            )
+            timing["embedding_cpu"] = round(time.process_time() - c0, 2)
+            for label, f, suffix in (("estimate_3_6b_wall_min", forward_layer, ""), ("estimate_3_6b_cpu_min", forward_layer_cpu, "_cpu")):
+                timing[label] = round(
+                    ((f + timing[f"layer{suffix}"]) * LAYERS_AT_FULL_SIZE + timing[f"head{suffix}"] + timing[f"embedding{suffix}"]) / 60, 1
+                )
             result["methods"][method.name] = timing  # type: ignore[index]
             print(method.name, json.dumps(timing), flush=True)
     stats.close()
