@@ -400,3 +400,19 @@ def test_calibration_text_must_be_disjoint_from_the_evaluation_text(bundle_model
     assert not (tmp_path / "w").exists()
     with pytest.raises(UserError, match="not quantized"):
         convert_weights(model_dir, tmp_path / "w", "q0f16", method="awq", progress=False)
+
+
+def test_gptq_in_column_runs_sits_between_the_search_and_full_gptq():
+    q = get_quantization("q3f16_1")
+    weight, x = realish(6, n=32, k=320)
+    hessian = x.T.astype(np.float64) @ x / len(x)
+    full = output_error(x, weight, decode(*gptq(weight, hessian, q), q))
+    runs_codes, runs_scale = gptq(weight, hessian, q, max_columns=100)  # runs of 80 columns (2 groups of 40)
+    for a in range(0, 320, 80):  # each run is exactly GPTQ of its own columns
+        c, s = gptq(weight[:, a:a + 80], hessian[a:a + 80, a:a + 80], q)
+        np.testing.assert_array_equal(runs_codes[:, a:a + 80], c)
+        np.testing.assert_array_equal(runs_scale[:, a // 40:(a + 80) // 40], s)
+    runs = output_error(x, weight, decode(runs_codes, runs_scale, q))
+    search = output_error(x, weight, decode(*search_scales(weight, q, np.diag(hessian)), q))
+    print(f"q3f16_1 output error: search {search:.4g}, GPTQ in runs of 80 {runs:.4g}, full GPTQ {full:.4g}")
+    assert full < runs < search

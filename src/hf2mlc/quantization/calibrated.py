@@ -256,9 +256,37 @@ def gptq(
     *,
     damp: float = 0.01,
     block_groups: int = 4,
+    max_columns: int | None = None,
     ratios: tuple[float, ...] = SEARCH_RATIOS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ with group scales: codes [N, K] uint8 and scales [N, groups] (model dtype).
+
+    ``max_columns`` caps the cost, which grows as K³ (the factorisation) and N·K² (the updates): the
+    input columns are cut, at group boundaries, into runs of at most that many, and each run is
+    compensated within itself only (the Hessian's off-diagonal blocks between runs are dropped).
+    ``None``: one run, exact GPTQ.
+    """
+    k = np.shape(weight)[1]
+    run = None if max_columns is None else max(q.group_size, max_columns // q.group_size * q.group_size)
+    if run is None or run >= k:
+        return _gptq_run(weight, hessian, q, damp=damp, block_groups=block_groups, ratios=ratios)
+    parts = [
+        _gptq_run(weight[:, a:a + run], hessian[a:a + run, a:a + run], q, damp=damp, block_groups=block_groups, ratios=ratios)
+        for a in range(0, k, run)
+    ]
+    return np.concatenate([c for c, _ in parts], axis=1), np.concatenate([s for _, s in parts], axis=1)
+
+
+def _gptq_run(
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    q: Quantization,
+    *,
+    damp: float,
+    block_groups: int,
+    ratios: tuple[float, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact GPTQ over all columns of ``weight``.
 
     ``hessian`` [K, K] is ``XᵀX / T`` of the linear's calibration inputs.  ``damp`` adds that fraction of
     its mean diagonal (the inverse must exist and stay well conditioned); channels never active get a
