@@ -191,7 +191,7 @@ def convert_weights(
     quantization: str,
     *,
     method: str = "rtn",
-    calibration_text: str = DEFAULT_CALIBRATION_TEXT,
+    calibration_text: str | Path = DEFAULT_CALIBRATION_TEXT,
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
     evaluation_text: str | None = None,
     ffn_out_dtype: str = "float32",
@@ -231,7 +231,7 @@ def convert_weights(
     calibration: dict[str, Any] = {}
     if chosen.calibrated:
         text = load_calibration_text(model_dir, calibration_text, max_tokens=calibration_tokens, evaluation_text=evaluation_text)
-        stats = collect_statistics(model_dir, text, hessians=chosen.gptq)
+        stats = collect_statistics(model_dir, text, hessians=chosen.gptq, progress=progress)
         calibration = {**text.record(), "seconds": round(stats.seconds, 3)}
     try:
         result = _convert(model_dir, out_dir, config, specs, q, chosen, stats, progress=progress, fast=fast, threads=threads,

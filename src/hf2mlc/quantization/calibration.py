@@ -78,7 +78,7 @@ def _documents(path: Path) -> list[str]:
 
 def load_calibration_text(
     model_dir: Path,
-    spec: str = DEFAULT_CALIBRATION_TEXT,
+    spec: str | Path = DEFAULT_CALIBRATION_TEXT,
     *,
     max_tokens: int = DEFAULT_CALIBRATION_TOKENS,
     evaluation_text: str | None = None,
@@ -91,6 +91,7 @@ def load_calibration_text(
     """
     from ..evaluation_text import load_tokenizer, resolve_text_file
 
+    spec = str(spec)
     if max_tokens < 1:
         raise UserError(f"calibration tokens must be at least 1, got {max_tokens}.")
     path = resolve_text_file(spec, Path(model_dir), base_dir=base_dir)
@@ -121,27 +122,40 @@ def load_calibration_text(
     return CalibrationText(spec if path.parent.name == "data" else path.name, hashlib.sha256(path.read_bytes()).hexdigest(), segments)
 
 
-def collect_statistics(model_dir: Path, text: CalibrationText, *, hessians: bool) -> CalibrationStats:
+def collect_statistics(model_dir: Path, text: CalibrationText, *, hessians: bool, progress: bool = True) -> CalibrationStats:
     """One streaming float32 forward pass over the calibration windows (:mod:`hf2mlc.reference`),
     observing every linear's input, one layer's weights in memory at a time.
 
     The head's input is the final-layer-normed residual stream, so the pass stops there: the logits
     (a [tokens, vocab] product as large as a layer's work at 3.6B) are not needed.
     """
+    import sys
+
+    from tqdm import tqdm
+
     from ..reference import HEAD_LAYER, CheckpointWeights, final_hidden_states
 
-    stats = CalibrationStats(hessians=hessians)
-    start = time.perf_counter()
     config = GPTNeoXConfig.from_file(Path(model_dir))
+    stats = CalibrationStats(hessians=hessians)
+    bar = tqdm(total=config.num_hidden_layers, unit="layer", desc=f"calibrate ({text.tokens} tokens)",
+               file=sys.stderr, disable=not progress)
+
+    def observe(layer: int, name: str, x: np.ndarray) -> None:
+        stats.observe(layer, name, x)
+        if name == LAYER_LINEARS[-1]:
+            bar.update(1)
+
+    start = time.perf_counter()
     weights = CheckpointWeights(Path(model_dir), config)
     try:
-        hidden = final_hidden_states(config, weights, text.segments, observe=stats.observe)
+        hidden = final_hidden_states(config, weights, text.segments, observe=observe)
         stats.observe(HEAD_LAYER, HEAD, hidden)
     except BaseException:
         stats.close()
         raise
     finally:
         weights.close()
+        bar.close()
     stats.seconds = time.perf_counter() - start
     return stats
 
