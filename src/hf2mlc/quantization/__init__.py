@@ -122,15 +122,17 @@ QUANTIZATIONS: dict[str, Quantization] = {
 }
 
 
-def get_quantization(name: str) -> Quantization:
-    """Look up a scheme by its MLC name; a bad name is a user error listing the valid ones."""
+def _lookup(registry: dict, name: str, what: str, where: str):
+    """``registry[name]``; a bad name is a user error listing the valid ones and where to set it."""
     try:
-        return QUANTIZATIONS[name]
+        return registry[name]
     except (KeyError, TypeError):
-        raise UserError(
-            f"quantization {name!r} is not supported; use one of: {', '.join(QUANTIZATIONS)} "
-            "(set the quantization in config/config.yaml)."
-        ) from None
+        raise UserError(f"{what} {name!r} is not supported; use one of: {', '.join(registry)} ({where}).") from None
+
+
+def get_quantization(name: str) -> Quantization:
+    """Look up a scheme by its MLC name."""
+    return _lookup(QUANTIZATIONS, name, "quantization", "set the quantization in config/config.yaml")
 
 
 @dataclass(frozen=True)
@@ -174,14 +176,8 @@ METHODS: dict[str, Method] = {
 
 
 def get_method(name: str) -> Method:
-    """Look up a quantization method by name; a bad name is a user error listing the valid ones."""
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise UserError(
-            f"quantization method {name!r} is not supported; use one of: {', '.join(METHODS)} "
-            "(set `method:` beside `quantization:` in config/config.yaml)."
-        ) from None
+    """Look up a quantization method by name."""
+    return _lookup(METHODS, name, "quantization method", "set `method:` beside `quantization:` in config/config.yaml")
 
 
 __all__ = ["METHODS", "QUANTIZATIONS", "Method", "Quantization", "get_method", "get_quantization"]
