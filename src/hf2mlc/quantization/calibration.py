@@ -202,15 +202,18 @@ class CalibrationStats:
         return self._sq[key] / self._count[key]
 
     def hessian(self, layer: int, name: str) -> np.ndarray:
-        """``XᵀX / T`` [K, K] (float64), formed from the spooled inputs."""
+        """``XᵀX / T`` [K, K] (float32, as GPTQ uses it: 0.6 GB at K = 12288), from the spooled inputs."""
         if not self.hessians:
             raise ValueError("these statistics were collected without hessians=True")
-        total = None
+        total: np.ndarray | None = None
         for path in self._chunks[(layer, name)]:
             x = np.load(path)
-            part = x.T @ x
-            total = part.astype(np.float64) if total is None else total + part
-        return total / self._count[(layer, name)]
+            if total is None:
+                total = x.T @ x
+            else:
+                total += x.T @ x
+        total /= np.float32(self._count[(layer, name)])
+        return total
 
     def release(self, layer: int) -> None:
         """Delete the spooled inputs of ``layer`` (its Hessians have been used)."""
@@ -268,7 +271,10 @@ def _plan(importance: np.ndarray, hessian: np.ndarray | None, s: np.ndarray | No
     if s is None:
         return LinearPlan(importance, hessian)
     inv = 1.0 / s.astype(np.float64)
-    return LinearPlan(importance * inv * inv, None if hessian is None else hessian * inv[:, None] * inv[None, :])
+    if hessian is not None:  # in place: the Hessian is the largest array of a layer
+        hessian *= inv.astype(np.float32)[:, None]
+        hessian *= inv.astype(np.float32)[None, :]
+    return LinearPlan(importance * inv * inv, hessian)
 
 
 def plan_layer(
