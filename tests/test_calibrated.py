@@ -385,6 +385,8 @@ def test_convert_with_each_method_decodes_and_beats_rtn(bundle_model, name):
         assert stats["method"] == method
         if method != "rtn":
             assert stats["calibration"]["tokens"] == 600 and stats["calibration"]["segments"] >= 2
+            errors = stats["reconstruction_error"]  # every quantized module, each losing a small share
+            assert len(errors) == 2 + 4 * config.num_hidden_layers and all(0 < e < 0.2 for e in errors.values())
         kl[method] = _mean_kl(want, _logits(load_reference(model_dir), _decoded_state(out, config, name), probe))
     print(f"{name}: mean KL to the float model: " + ", ".join(f"{m} {v:.4f}" for m, v in kl.items()))
     for method in METHODS:

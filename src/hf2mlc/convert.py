@@ -75,15 +75,26 @@ def _jobs(specs: list[ParamSpec], reader: SourceReader) -> list[_Job]:
     return jobs
 
 
+@dataclass
+class _Calibrated:
+    """What a calibrated job's quantizer needs besides the tensor, and where it records its error."""
+
+    method: Method
+    plan: LinearPlan | None
+    errors: dict[str, float]
+
+
 def _compute(
-    job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads: int | None, calibrated: tuple[Method, LinearPlan | None] | None = None
+    job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads: int | None, calibrated: _Calibrated | None = None
 ) -> list[tuple[str, np.ndarray]]:
     first = job.specs[0]
     if first.transform == "cast":
         return [(first.name, source.astype(first.dtype, copy=False))]
     if calibrated is not None:
-        method, plan = calibrated
-        q_weight, q_scale = quantize_planned(source, plan, method, q, embedding=first.kind == "embedding")
+        q_weight, q_scale, error = quantize_planned(
+            source, calibrated.plan, calibrated.method, q, embedding=first.kind == "embedding"
+        )
+        calibrated.errors[_module(job)] = round(error, 8)
         return [(job.specs[0].name, q_weight), (job.specs[1].name, q_scale)]
     if first.kind == "embedding":
         q_weight, q_scale = (
@@ -123,6 +134,7 @@ class _CalibratedLayers:
     def __init__(self, reader: SourceReader, config: GPTNeoXConfig, stats: CalibrationStats, method: Method, q: Quantization) -> None:
         self.reader, self.config, self.stats, self.method, self.q = reader, config, stats, method, q
         self._key: int | None = None
+        self.errors: dict[str, float] = {}
         self._tensors: dict[str, np.ndarray] = {}
         self._plans: dict[str, LinearPlan] = {}
 
@@ -133,11 +145,11 @@ class _CalibratedLayers:
         names = [f"{p}.{norm}.{suffix}" for norm in ("input_layernorm", "post_attention_layernorm") for suffix in ("weight", "bias")]
         return names + [f"{p}.{linear}.{suffix}" for linear in LAYER_LINEARS for suffix in ("weight", "bias")]
 
-    def load(self, job: _Job) -> tuple[np.ndarray, tuple[Method, LinearPlan | None]]:
+    def load(self, job: _Job) -> tuple[np.ndarray, _Calibrated]:
         module = _module(job)
         key = _plan_key(module)
         if key is None:
-            return self.reader.read(job.source, reorder=job.reorder_qkv), (self.method, None)
+            return self.reader.read(job.source, reorder=job.reorder_qkv), _Calibrated(self.method, None, self.errors)
         if key != self._key:
             self._tensors, self._plans = {}, {}  # drop the previous layer first
             tensors = {name: self.reader.read(name).astype(np.float32) for name in self._names(key)}
@@ -148,7 +160,7 @@ class _CalibratedLayers:
         array = self._tensors[name]
         if job.reorder_qkv:
             array = reorder_qkv(array, self.config.num_attention_heads)
-        return array, (self.method, self._plans.get(module))
+        return array, _Calibrated(self.method, self._plans.get(module), self.errors)
 
 
 def _read_ahead(jobs: Iterable[_Job], load: Callable[[_Job], np.ndarray]) -> Iterator[tuple[_Job, np.ndarray]]:
@@ -206,7 +218,9 @@ def convert_weights(
     ``param_bytes`` (of the converted tensors in their own dtypes), ``bits_per_param``,
     ``bytes_written`` (shard bytes on disk, float32 stored as bf16), ``shards``, ``seconds``,
     ``peak_rss_mb`` (of the whole process), ``source_format``, ``method`` and, for calibrated methods,
-    ``calibration`` (text, its sha256, tokens, windows, seconds of the forward pass).
+    ``calibration`` (text, its sha256, tokens, windows, seconds of the forward pass) and
+    ``reconstruction_error`` (per quantized module: the activation-weighted share of its weight lost,
+    :func:`hf2mlc.quantization.calibration.quantize_planned`).
 
     ``method`` (:data:`hf2mlc.quantization.METHODS`) chooses the codes and scales; ``rtn`` is MLC's
     quantizer, byte for byte.  Calibrated methods first run the float32 model over up to
@@ -269,8 +283,9 @@ def _convert(
             total=sum(job.nbytes for job in jobs), unit="B", unit_scale=True, unit_divisor=1024,
             desc=f"convert {q.name}", file=sys.stderr, disable=not progress,
         )
-        if stats is not None:
-            load = _CalibratedLayers(reader, config, stats, method, q).load
+        layers = _CalibratedLayers(reader, config, stats, method, q) if stats is not None else None
+        if layers is not None:
+            load = layers.load
         else:
             def load(job: _Job) -> tuple[np.ndarray, None]:
                 return reader.read(job.source, reorder=job.reorder_qkv), None
@@ -307,4 +322,5 @@ def _convert(
         "bits_per_param": metadata["BitsPerParam"],
         "bytes_written": writer.bytes_written,
         "shards": len(shards),
+        **({"reconstruction_error": layers.errors} if layers is not None else {}),
     }

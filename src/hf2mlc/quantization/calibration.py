@@ -38,7 +38,7 @@ from ..model.config import GPTNeoXConfig
 from ..reference import HEAD_NAME as HEAD
 from ..reference import LINEARS as LAYER_LINEARS
 from . import Method, Quantization
-from .calibrated import awq_scales, encode_embedding, encode_linear, gptq, search_scales
+from .calibrated import awq_scales, decode, encode_embedding, encode_linear, gptq, search_scales, weighted_error
 
 #: The bundled calibration text (``src/hf2mlc/data/calib_ja.txt``), by the name ``evaluation.text`` uses too.
 DEFAULT_CALIBRATION_TEXT = "calib_ja"
@@ -317,13 +317,24 @@ def plan_layer(
     return out, plans
 
 
-def quantize_planned(weight: np.ndarray, plan: LinearPlan | None, method: Method, q: Quantization, *, embedding: bool = False):
-    """Codes and scales of one calibrated tensor, packed in the format's layout: (q_weight, q_scale)."""
+def quantize_planned(
+    weight: np.ndarray, plan: LinearPlan | None, method: Method, q: Quantization, *, embedding: bool = False
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One calibrated tensor: ``(q_weight, q_scale)`` in the format's layout, and its relative error.
+
+    The error is ``Σ d (w - ŵ)² / Σ d w²`` with ``d`` the mean squared input per channel (uniform for
+    the embedding), ``ŵ`` what the decoder will produce; AWQ's factors cancel out of it, so it reads as
+    the share of the linear's output energy lost (for uncorrelated inputs), comparable across methods.
+    """
     weight = np.asarray(weight, np.float32)
+    importance = None if plan is None else plan.importance
     if plan is None:  # the input embedding: rows are gathered, every element counts the same
         codes, scale = search_scales(weight, q)
     elif method.gptq:
         codes, scale = gptq(weight, plan.hessian, q, max_columns=GPTQ_MAX_COLUMNS)
     else:
-        codes, scale = search_scales(weight, q, plan.importance)
-    return encode_embedding(codes, scale, q) if embedding else encode_linear(codes, scale, q)
+        codes, scale = search_scales(weight, q, importance)
+    total = weighted_error(weight, np.zeros((1, 1), np.float32), importance)
+    error = weighted_error(weight, decode(codes, scale, q), importance) / total if total > 0 else 0.0
+    q_weight, q_scale = encode_embedding(codes, scale, q) if embedding else encode_linear(codes, scale, q)
+    return q_weight, q_scale, error
