@@ -35,10 +35,15 @@ from .quantization.calibration import LAYER_LINEARS
 from .manifest import atomic_output_dir
 from .model.config import GPTNeoXConfig
 from .model.params import ParamSpec, param_specs
-from .quantization import Method, Quantization, get_method, get_quantization
-from .quantization.calibration import (
+from .quantization import (
     DEFAULT_CALIBRATION_TEXT,
     DEFAULT_CALIBRATION_TOKENS,
+    Method,
+    Quantization,
+    get_method,
+    get_quantization,
+)
+from .quantization.calibration import (
     CalibrationStats,
     LinearPlan,
     collect_statistics,

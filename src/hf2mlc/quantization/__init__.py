@@ -175,9 +175,16 @@ METHODS: dict[str, Method] = {
 }
 
 
+#: The bundled calibration text (``src/hf2mlc/data/calib_ja.txt``), named as ``evaluation.text`` names texts.
+DEFAULT_CALIBRATION_TEXT = "calib_ja"
+#: Calibration tokens by default: enough for stable per-channel statistics and Hessians of a few thousand
+#: inputs (damped), cheap at 3.6B (benchmarks/calibration_cost.py).
+DEFAULT_CALIBRATION_TOKENS = 2048
+
+
 def get_method(name: str) -> Method:
     """Look up a quantization method by name."""
     return _lookup(METHODS, name, "quantization method", "set `method:` beside `quantization:` in config/config.yaml")
 
 
-__all__ = ["METHODS", "QUANTIZATIONS", "Method", "Quantization", "get_method", "get_quantization"]
+__all__ = ["DEFAULT_CALIBRATION_TEXT", "DEFAULT_CALIBRATION_TOKENS", "METHODS", "QUANTIZATIONS", "Method", "Quantization", "get_method", "get_quantization"]

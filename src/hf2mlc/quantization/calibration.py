@@ -37,13 +37,9 @@ from ..errors import UserError
 from ..model.config import GPTNeoXConfig
 from ..reference import HEAD_NAME as HEAD
 from ..reference import LINEARS as LAYER_LINEARS
-from . import Method, Quantization
+from . import DEFAULT_CALIBRATION_TEXT, DEFAULT_CALIBRATION_TOKENS, Method, Quantization
 from .calibrated import awq_scales, decode, encode_embedding, encode_linear, gptq, search_scales, weighted_error
 
-#: The bundled calibration text (``src/hf2mlc/data/calib_ja.txt``), by the name ``evaluation.text`` uses too.
-DEFAULT_CALIBRATION_TEXT = "calib_ja"
-#: Calibration tokens by default: enough for stable per-channel statistics, cheap at 3.6B.
-DEFAULT_CALIBRATION_TOKENS = 2048
 #: GPTQ compensates within runs of at most this many input columns: exact for every linear of a model
 #: with hidden and intermediate sizes up to 4096; at LINE's 3.6B only dense_4h_to_h (12288 inputs) is
 #: split, into 3 runs, which cuts its factorisation cost ~9x (it grows as K³).
