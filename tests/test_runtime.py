@@ -3,8 +3,9 @@
 The reference is transformers' own GPTNeoXForCausalLM in float32 on the same checkpoint (tiny random
 models of each architecture variant, tests/tiny_models.py).  For group-quantized builds the reference
 model gets the *converted* weights: read back from tensor-cache.json, dequantized with numpy and
-un-reordered to Hugging Face's layout, so the comparison isolates the compiled model from the
-(deliberate) quantization error.
+un-reordered to Hugging Face's layout (hf2mlc.check.dequantized_reference, the workflow check's own
+reference, so it is tested here too), which isolates the compiled model from the (deliberate)
+quantization error.
 
 Relative error = max |logits - reference| / max |reference|, per position.
 """
@@ -16,19 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import tvm
 from tvm.runtime import ShapeTuple
 
 import hf2mlc
+from hf2mlc.check import dequantized_reference
 from hf2mlc.compile import compile_model
 from hf2mlc.convert import convert_weights
 from hf2mlc.errors import UserError
-from hf2mlc.model.config import GPTNeoXConfig
-from hf2mlc.model.params import param_specs
-from hf2mlc.quantization import Quantization, get_quantization
-from hf2mlc.quantization.group import dequantize
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.params import param_specs
+from hf2mlc.quantization import get_quantization
 from hf2mlc.runtime import Engine
+from hf2mlc.spec import TargetSpec
 from hf2mlc.tensor_cache import read_tensor_cache
 from tiny_models import add_char_tokenizer, load_reference, make_tiny_model, reference_logits
 
@@ -77,17 +78,9 @@ class _Builds:
             weights = self.root / f"w-{name}"
             convert_weights(model_dir, weights, quantization, ffn_out_dtype=ffn_out_dtype, progress=False)
             config = GPTNeoXConfig.from_file(model_dir)
-            info = compile_model(
-                config,
-                quantization,
-                "host",
-                self.root / "libs",
-                lib_name=name,
-                context_window_size=CONTEXT,
-                prefill_chunk_size=CHUNK,
-                ffn_out_dtype=ffn_out_dtype,
-                progress=False,
-            )
+            spec = TargetSpec.create(target="host", quantization=quantization, lib_name=name,
+                                     context_window_size=CONTEXT, prefill_chunk_size=CHUNK, ffn_out_dtype=ffn_out_dtype)
+            info = compile_model(config, spec, self.root / "libs", progress=False)
             self._built[key] = (model_dir, weights, self.root / "libs" / info["files"][0], config)
         return self._built[key]
 
@@ -101,56 +94,13 @@ def builds(tmp_path_factory):
     return _Builds(tmp_path_factory.mktemp("runtime"))
 
 
-def _hf_rows(mlc_rows: np.ndarray, num_heads: int) -> np.ndarray:
-    """Undo the converter's qkv reorder: rows [(q|k|v), head, d] -> Hugging Face's [head, (q|k|v), d]."""
-    shape = mlc_rows.shape
-    head_dim = shape[0] // (3 * num_heads)
-    return np.ascontiguousarray(mlc_rows.reshape(3, num_heads, head_dim, *shape[1:]).swapaxes(0, 1)).reshape(shape)
-
-
-def _dequantized_reference(model_dir, weights_dir, config: GPTNeoXConfig, q: Quantization, *, calibrated: bool = False):
-    """A float32 transformers model carrying exactly the weights the library reads."""
-    cache = read_tensor_cache(weights_dir)
-    in_features = {"dense_4h_to_h": config.intermediate_size}
-    state: dict[str, np.ndarray] = {}
-    for name, array in cache.items():
-        if name.endswith(".q_scale"):
-            continue
-        if name.endswith(".q_weight"):
-            base = name[: -len(".q_weight")]
-            scale = cache[f"{base}.q_scale"]
-            if base == "gpt_neox.embed_in":
-                weight = dequantize(array, scale, q, axis=1, size=config.hidden_size)
-            else:
-                k = in_features.get(base.rsplit(".", 1)[-1], config.hidden_size)
-                if q.linear_weight_layout == "KN":
-                    weight = dequantize(array, scale, q, axis=0, size=k).T
-                else:
-                    weight = dequantize(array, scale, q, axis=1, size=k)
-            name, array = f"{base}.weight", weight
-        array = np.asarray(array, dtype=np.float32)
-        if ".query_key_value." in name:
-            array = _hf_rows(array, config.num_attention_heads)
-        state[name] = array
-    head = state.pop("embed_out.weight")
-    model = load_reference(model_dir)
-    if config.tie_word_embeddings and calibrated:  # the head was calibrated apart from the embedding: untie
-        model.config.tie_word_embeddings = False
-        model.lm_head.weight = torch.nn.Parameter(torch.from_numpy(head.copy()))
-    elif config.tie_word_embeddings:  # the library's embed_out is a quantized copy of embed_in: same numbers
-        np.testing.assert_array_equal(head, state["gpt_neox.embed_in.weight"])
-    else:
-        state["lm_head.weight"] = head  # transformers 5 calls GPT-NeoX's embed_out "lm_head"
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    assert not unexpected, unexpected
-    assert set(missing) <= {"lm_head.weight"}, missing  # tied: shares embed_in
-    return model
-
-
 def _reference(builds: _Builds, variant: str, quantization: str, ffn_out_dtype: str):
-    model_dir, weights, _lib, config = builds.get(variant, quantization, ffn_out_dtype)
-    q = get_quantization(quantization)
-    return _dequantized_reference(model_dir, weights, config, q) if q.is_quantized else load_reference(model_dir)
+    """transformers in float32 holding the numbers the library reads: for a quantized build, the library's
+    own dequantized reference (hf2mlc.check, what the workflow's check compares against)."""
+    model_dir, weights, _lib, _config = builds.get(variant, quantization, ffn_out_dtype)
+    if get_quantization(quantization).is_quantized:
+        return dequantized_reference(model_dir, weights, quantization)
+    return load_reference(model_dir)
 
 
 # ---------------------------------------------------------------- logits against transformers
@@ -183,7 +133,7 @@ def test_calibrated_weights_run_on_the_unchanged_library(builds, tmp_path):
     assert stats["method"] == "awq_gptq" and stats["calibration"]["tokens"] == 256
     q = get_quantization("q3f16_0")
     engine = Engine(lib, weights)
-    want = reference_logits(_dequantized_reference(model_dir, weights, config, q, calibrated=True), PROMPT + CONTINUATION)
+    want = reference_logits(dequantized_reference(model_dir, weights, "q3f16_0"), PROMPT + CONTINUATION)
     got = [engine.prefill(PROMPT)] + [engine.decode(t) for t in CONTINUATION]
     errors = [_rel(g, want[len(PROMPT) - 1 + i]) for i, g in enumerate(got)]
     print(f"line q3f16_0 awq_gptq: relative errors {['%.2e' % e for e in errors]}")

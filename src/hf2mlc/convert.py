@@ -2,7 +2,7 @@
 
 The output is byte-identical to what ``mlc_llm convert_weight`` writes through
 ``tvm.contrib.tvmjs.dump_tensor_cache(..., encode_format="f32-to-bf16")`` for the same tensors, in
-:func:`hf2mlc.model.params.param_specs` order, with the same metadata (``ParamSize``, ``ParamBytes``,
+:func:`hf2mlc.model.gpt_neox.params.param_specs` order, with the same metadata (``ParamSize``, ``ParamBytes``,
 ``BitsPerParam``) computed the way MLC's ``convert_weight.py`` computes it.
 
 Memory stays bounded by a few tensors, never the model: each source tensor is read, cast or
@@ -31,10 +31,9 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .loader.huggingface import HuggingFaceWeights, SourceReader, reorder_qkv
-from .quantization.calibration import LAYER_LINEARS
 from .manifest import atomic_output_dir
-from .model.config import GPTNeoXConfig
-from .model.params import ParamSpec, param_specs
+from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.params import ParamSpec, param_specs
 from .quantization import (
     DEFAULT_CALIBRATION_TEXT,
     DEFAULT_CALIBRATION_TOKENS,
@@ -44,6 +43,7 @@ from .quantization import (
     get_quantization,
 )
 from .quantization.calibration import (
+    LAYER_LINEARS,
     CalibrationStats,
     LinearPlan,
     collect_statistics,

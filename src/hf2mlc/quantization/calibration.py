@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model.config import GPTNeoXConfig
+from ..model.gpt_neox.config import GPTNeoXConfig
 from ..reference import HEAD_NAME as HEAD
 from ..reference import LINEARS as LAYER_LINEARS
 from . import DEFAULT_CALIBRATION_TEXT, DEFAULT_CALIBRATION_TOKENS, Method, Quantization
@@ -85,11 +85,16 @@ def load_calibration_text(
     ``evaluation_text`` (the same kind of setting) must be disjoint from it: no document in both, else
     the evaluation would score text the quantizer was tuned on.
     """
-    from ..evaluation_text import load_tokenizer, resolve_text_file
+    from ..evaluation_text import DATA, bundled_file, load_tokenizer, names_a_file, resolve_text_file
 
     spec = str(spec)
     if max_tokens < 1:
         raise UserError(f"calibration tokens must be at least 1, got {max_tokens}.")
+    if not names_a_file(spec) and bundled_file(spec) is None:
+        known = ", ".join(sorted(p.stem for p in DATA.glob("*.txt")))
+        raise UserError(f"calibration text {spec!r} is not a bundled text ({known}) nor a file path; set the calibration text in config/config.yaml.")
+    if names_a_file(spec) and not (Path(spec) if Path(spec).is_absolute() else Path(base_dir) / spec).is_file():
+        raise UserError(f"{spec}: the calibration text file does not exist; set the calibration text in config/config.yaml.")
     path = resolve_text_file(spec, Path(model_dir), base_dir=base_dir)
     documents = _documents(path)
     if evaluation_text is not None:
