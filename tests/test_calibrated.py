@@ -146,7 +146,7 @@ def rtn_decoded(weight, name):
 
 def test_method_registry_names():
     assert list(METHODS) == ["rtn", "scale_search", "awq", "gptq", "awq_gptq"]
-    assert METHODS["rtn"].weights_suffix == "" and not METHODS["rtn"].calibrated
+    assert not METHODS["rtn"].calibrated and all(m.calibrated for n, m in METHODS.items() if n != "rtn")
     assert get_method("awq_gptq").gptq and get_method("awq_gptq").awq
     with pytest.raises(Exception, match="quantization method 'best'.*rtn"):
         get_method("best")
@@ -418,3 +418,39 @@ def test_gptq_in_column_runs_sits_between_the_search_and_full_gptq():
     search = output_error(x, weight, decode(*search_scales(weight, q, np.diag(hessian)), q))
     print(f"q3f16_1 output error: search {search:.4g}, GPTQ in runs of 80 {runs:.4g}, full GPTQ {full:.4g}")
     assert full < runs < search
+
+
+def test_schema_names_exactly_the_registered_methods():
+    import yaml
+
+    from hf2mlc.spec import CALIBRATED_METHOD_PATTERN, CalibrationSpec
+
+    schema = yaml.safe_load((Path(__file__).resolve().parent.parent / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    assert schema["$defs"]["method"]["enum"] == list(METHODS)
+    assert CALIBRATED_METHOD_PATTERN.split("|") == [m for m in METHODS if m != "rtn"]
+    spec = CalibrationSpec.create("awq", "my.txt", 512, "eval_ja")
+    assert CalibrationSpec.from_params(spec.as_params()) == spec
+    assert CalibrationSpec.create("rtn").as_params() == {"method": "rtn"}
+
+
+def test_workflow_plans_calibrated_weights_for_a_device_and_refuses_two_methods_per_quantization(tmp_path):
+    """A device's `method:` sends its weights (and its quantization's check and evaluation) through rule
+    convert_calibrated into a path of their own; rtn's path, and so the default demo, is unchanged."""
+    import yaml
+
+    from workflow_helpers import copy_workflow, planned_jobs, snakemake
+
+    work = copy_workflow(tmp_path / "wf")
+    config_path = work / "config" / "config.yaml"
+    cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    cfg["defaults"]["targets"]["iphone"]["method"] = "awq"
+    config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    jobs = planned_jobs(work, "iphone_bundle")
+    assert "convert_calibrated[model=demo,quant=q4f16_0,method=awq]" in jobs
+    assert "convert[model=demo,quant=q0f16]" in jobs and not any(j.startswith("convert[model=demo,quant=q4f16_0") for j in jobs)
+    dry = snakemake(work, "--dry-run", "--printshellcmds", "iphone_bundle").stdout
+    assert "results/weights/demo/q4f16_0-awq" in dry
+    cfg["defaults"]["targets"]["mac"] = {**cfg["defaults"]["targets"]["mac"], "quantization": "q4f16_0", "method": "gptq"}
+    config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
+    proc = snakemake(work, "--dry-run", "iphone_bundle", check=False)
+    assert proc.returncode != 0 and "must share its method" in proc.stdout + proc.stderr

@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
-from .quantization import QUANTIZATIONS, Quantization, get_quantization
+from .quantization import (
+    DEFAULT_CALIBRATION_TEXT,
+    DEFAULT_CALIBRATION_TOKENS,
+    METHODS,
+    QUANTIZATIONS,
+    Method,
+    Quantization,
+    get_method,
+    get_quantization,
+)
 
 #: Build targets: this machine's CPU, a Mac (Metal), an iPhone (Metal, system library).
 TARGETS = ("host", "mac", "iphone")
@@ -27,6 +36,9 @@ FFN_OUT_DTYPES = ("float32", "float16")
 DEFAULT_FFN_OUT_DTYPE = FFN_OUT_DTYPES[0]
 #: The Snakemake wildcard pattern of a quantization name: exactly the registry's names.
 QUANTIZATION_PATTERN = "|".join(re.escape(name) for name in QUANTIZATIONS)
+
+#: The pattern of the calibrated methods' part of a weights directory (rtn's directory has none).
+CALIBRATED_METHOD_PATTERN = "|".join(re.escape(m.name) for m in METHODS.values() if m.calibrated)
 
 _LIB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -82,6 +94,38 @@ class WeightSpec:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> WeightSpec:
         return cls.create(params["quantization"], params["ffn_out_dtype"])
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How convert chooses codes and scales (the format stays the WeightSpec's): the method, and for
+    calibrated methods the text they run the model over and the evaluation text it must not share."""
+
+    method: Method
+    text: str = DEFAULT_CALIBRATION_TEXT
+    tokens: int = DEFAULT_CALIBRATION_TOKENS
+    evaluation_text: str | None = None
+
+    @classmethod
+    def create(cls, method: str | Method = "rtn", text: str = DEFAULT_CALIBRATION_TEXT,
+               tokens: int = DEFAULT_CALIBRATION_TOKENS, evaluation_text: str | None = None) -> CalibrationSpec:
+        m = method if isinstance(method, Method) else get_method(method)
+        return cls(m, text, tokens, evaluation_text)
+
+    def as_params(self) -> dict[str, Any]:
+        if not self.method.calibrated:
+            return {"method": self.method.name}
+        return {"method": self.method.name, "calibration_text": self.text, "calibration_tokens": self.tokens,
+                "evaluation_text": self.evaluation_text}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> CalibrationSpec:
+        return cls.create(params["method"], params.get("calibration_text", DEFAULT_CALIBRATION_TEXT),
+                          params.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), params.get("evaluation_text"))
+
+
+#: MLC's own quantizer: what convert does when a rule names no calibration.
+RTN = CalibrationSpec.create("rtn")
 
 
 @dataclass(frozen=True)

@@ -156,11 +156,6 @@ class Method:
     def calibrated(self) -> bool:
         return self.scale_search or self.awq or self.gptq
 
-    @property
-    def weights_suffix(self) -> str:
-        """The part of a weights directory name that tells methods apart ("" for rtn: paths unchanged)."""
-        return "" if self.name == "rtn" else f"-{self.name}"
-
 
 #: The methods, in order of cost.
 METHODS: dict[str, Method] = {
