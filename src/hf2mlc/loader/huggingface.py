@@ -175,7 +175,13 @@ def _torch_load(path: Path) -> dict[str, Any]:
         logger.warning("%s: legacy PyTorch format, loading the whole file into memory", path)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors, weights_only refusals, truncated zips
-        raise UserError(f"{path}: cannot load this PyTorch checkpoint ({err}).") from err
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UserError(
+                f"{path}: torch refused to unpickle this checkpoint without running code from it ({first}); "
+                "use the repo's .safetensors weights, or convert the file to safetensors where you trust it."
+            ) from err
+        raise UserError(f"{path}: cannot load this PyTorch checkpoint ({first}).") from err
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:
