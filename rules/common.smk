@@ -143,7 +143,7 @@ def local_source(wildcards):
     """Every file of a local checkpoint directory is an input: replacing one in place (its mtime changes,
     the directory's does not) or adding or removing one reruns the download stage and what follows."""
     source = MODELS[wildcards.model]["source"]
-    if source == "demo" or source.startswith("hf://"):
+    if source == "demo" or source.startswith(("demo:", "hf://")):
         return []
     root = Path(source)
     if not root.is_dir():
@@ -279,7 +279,7 @@ def _preflight_plan(model):
     spec = MODELS[model]
     libs = [(d, device_quant(model, d)) for d in DEVICES] + [("host", q) for q in host_quants(model)]
     source = spec["source"]
-    if source == "demo" or source.startswith("hf://"):
+    if source == "demo" or source.startswith(("demo:", "hf://")):
         downloaded = Path(download_dir(model))
         on_disk = downloaded if (downloaded / "manifest.json").is_file() else None
     else:

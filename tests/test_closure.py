@@ -55,11 +55,13 @@ def test_lazy_imports_inside_functions_are_followed() -> None:
 def test_a_rule_does_not_cover_other_stages_code() -> None:
     compile_names = _names("compile")
     assert {"compile.py", "compiler_pass/cpu_schedule.py", "model/gpt_neox/model.py", "quantization/nn.py"} <= compile_names
-    assert not {"check.py", "evaluate.py", "quantization/group.py", "tokenizer.py", "package.py", "convert.py"} & compile_names
-    # The demo renders prompts with families.render_prompt; validating a family (tokenizer.py) is patch's.
+    assert not {"check.py", "evaluate.py", "quantization/group.py", "tokenizer/stage.py", "package.py", "convert.py"} & compile_names
+    # The demo renders prompts with families.render_prompt; validating a family (tokenizer/bundle.py) is patch's.
     download = _names("download")
-    assert {"demo.py", "families.py", "sources/fetch.py"} <= download and "tokenizer.py" not in download
-    assert "tokenizer.py" in _names("patch") and "tokenizer.py" in _names("package")
+    assert {"demo.py", "families.py", "sources/fetch.py"} <= download and "tokenizer/bundle.py" not in download
+    assert "tokenizer/bundle.py" in _names("patch") and "tokenizer/mlc.py" in _names("package")
+    # The tokenizer stage's own gate and converter are the tokenizer rule's alone.
+    assert all("tokenizer/stage.py" not in _names(s) for s in ("patch", "check", "evaluate", "package"))
 
 
 def test_package_data_a_module_names_is_covered() -> None:

@@ -501,3 +501,15 @@ def test_two_builds_are_byte_identical(demo_dir, demo_workflow):
     assert names == sorted(p.name for p in second.iterdir() if p.name not in ("manifest.json", ".snakemake_timestamp"))
     for name in names:
         assert (demo_dir / name).read_bytes() == (second / name).read_bytes(), name
+
+
+def test_variant_sources_and_unknown_variant(tmp_path):
+    from hf2mlc.sources import parse_source
+
+    assert (parse_source("demo:rinna").kind, parse_source("demo:rinna").variant, parse_source("demo:rinna").uri) == (
+        "demo", "rinna", "demo:rinna")
+    assert parse_source("demo").variant is None and parse_source("demo").uri == "demo"
+    with pytest.raises(UserError, match=r"write 'demo' or 'demo:<variant>'"):
+        parse_source("demo:Bad!")
+    with pytest.raises(UserError, match=r"demo variant 'nope' does not exist; the variants are rinna, pythia"):
+        demo.make_demo_model(tmp_path / "m", variant="nope")

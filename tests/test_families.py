@@ -18,6 +18,8 @@ import yaml
 
 from hf2mlc import families as fam
 from hf2mlc.errors import UserError
+from shared_data import shared_file
+from tiny_tokenizers import byte_level_bpe
 
 FAMILIES = Path(__file__).resolve().parents[1] / "config" / "families"
 CARD_PROMPT = "ユーザー: 四国の県名を全て列挙してください。\nシステム: "
@@ -282,7 +284,7 @@ def test_bos_the_card_does_not_add_is_caught(line_like: Path, tmp_path: Path) ->
 
 def test_validation_needs_a_tokenizer(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
-    with pytest.raises(UserError, match=r"no spiece\.model"):
+    with pytest.raises(UserError, match=r"no spiece\.model, tokenizer\.model or tokenizer\.json"):
         fam.validate_family(fam.load_family(FAMILIES / "line.yaml"), tmp_path / "model")
 
 
@@ -303,3 +305,43 @@ def test_demo_model_families(demo_model: Path) -> None:
     assert report["valid"] and report["prompt_example"]["matches_card"]
     compat = fam.validate_family(fam.load_family(FAMILIES / "seed-compat.yaml"), model_dir)
     assert not compat["valid"] and len(compat["mismatches"]) >= 4
+
+
+@pytest.fixture(scope="module")
+def gpt_neox_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model whose tokenizer is a byte-level BPE tokenizer.json (Pythia's layout, <|endoftext|> id 0)."""
+    english = ["The capital of Japan is Tokyo.", "What is the capital of Japan?", "<human>: hello\n<bot>: hi"] * 50
+    return byte_level_bpe(tmp_path_factory.mktemp("m") / "neox", english + lines(300))
+
+
+def test_plain_family_on_a_tokenizer_json_model(gpt_neox_like: Path) -> None:
+    report = fam.validate_family(fam.load_family(FAMILIES / "plain.yaml"), gpt_neox_like)
+    assert report["valid"] and report["prompt_example"]["matches_card"]
+    assert report["tokenizer"] == {"file": "tokenizer.json", "loaded_by": "tokenizers", "pieces": 500}
+    assert report["stop_token_ids"] == [{"id": 0, "piece": "<|endoftext|>", "ok": True}]
+    assert fam.render_prompt(fam.conv_template(fam.load_family(FAMILIES / "plain.yaml")), [("user", "abc")]) == "abc"
+
+
+def test_redpajama_chat_family(gpt_neox_like: Path, line_like: Path) -> None:
+    family = fam.load_family(FAMILIES / "redpajama_chat.yaml")
+    report = fam.validate_family(family, gpt_neox_like)
+    assert report["valid"] and report["prompt_example"]["rendered"] == "<human>: What is the capital of Japan?\n<bot>:"
+    assert report["strings"]["seps[0]"]["decodes_to"] == "\n"
+    # "<human>" is text to the GPT-NeoX tokenizer (no such token): reported, not an error.
+    assert any("'<human>' is not a token" in w for w in report["warnings"])
+    conv = fam.conv_template(family)
+    assert (conv["roles"], conv["seps"], conv["role_empty_sep"], conv["stop_str"], conv["stop_token_ids"]) == (
+        {"user": "<human>", "assistant": "<bot>"}, ["\n"], ":", ["<human>"], [0])
+    # On LINE's layout id 0 is <unk>: the family is wrong there, and says so.
+    with pytest.raises(UserError, match=r"redpajama_chat\.yaml: stop_token_ids\[0\]=0 decodes to '<unk>'"):
+        fam.validate_family(family, line_like)
+
+
+def test_gpt_neox_families_on_the_real_20b_tokenizer(tmp_path: Path) -> None:
+    source = shared_file("tokenizers", "20B_tokenizer.json")
+    model_dir = byte_level_bpe(tmp_path / "pythia", ["x"])
+    model_dir.joinpath("tokenizer.json").write_bytes(source.read_bytes())
+    for name in ("plain", "redpajama_chat"):
+        report = fam.validate_family(fam.load_family(FAMILIES / f"{name}.yaml"), model_dir)
+        assert report["valid"] and report["prompt_example"]["matches_card"], name
+        assert report["stop_token_ids"] == [{"id": 0, "piece": "<|endoftext|>", "ok": True}]

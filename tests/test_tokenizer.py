@@ -1,4 +1,5 @@
-"""spiece.model → tokenizer.json, checked against SentencePiece itself.
+"""The tokenizer stage (spiece.model shipped as tokenizer.model; a model's own tokenizer.json validated) and
+the spiece.model → tokenizer.json converter it measures beside, checked against SentencePiece itself.
 
 The tests train their own small SentencePiece models (a second or less each): one like LINE's (unigram,
 byte fallback, LINE's special ids, nmt_nfkc with "\\n" kept as a user-defined piece, like the demo model),
@@ -16,8 +17,10 @@ import pytest
 import sentencepiece as spm
 from tokenizers import Tokenizer
 
-from hf2mlc import tokenizer as tk
+from hf2mlc.tokenizer import bundle, mlc, normalizer, parity, proto, special_tokens, stage
+from hf2mlc.tokenizer import cases as case_file
 from hf2mlc.errors import UserError
+from tiny_tokenizers import byte_level_bpe
 
 WORDS = (
     "私 あなた 今日 明日 天気 東京 大阪 日本 日本語 学校 先生 学生 会社 電車 料理 寿司 ラーメン コーヒー お茶 水 山 川 "
@@ -105,7 +108,7 @@ def line_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def line_like_built(line_like: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("line_like_out") / "tokenizer"
-    report = tk.build_tokenizer(line_like, out, sweep=False)
+    report = stage.measure_tokenizer_json(line_like, out, case_file.load_cases(case_file.default_cases_path()))
     return out, report
 
 
@@ -115,8 +118,8 @@ def no_byte_fallback(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cases() -> list[tk.Case]:
-    return tk.load_cases(tk.default_cases_path())
+def cases() -> list[case_file.Case]:
+    return case_file.load_cases(case_file.default_cases_path())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -125,7 +128,7 @@ def cases() -> list[tk.Case]:
 
 def test_proto_reader_agrees_with_sentencepiece(line_like: Path, no_byte_fallback: Path) -> None:
     for directory, byte_fallback in ((line_like, True), (no_byte_fallback, False)):
-        model = tk.read_sentencepiece(directory / "spiece.model")
+        model = proto.read_sentencepiece(directory / "spiece.model")
         sp = spm.SentencePieceProcessor(model_file=str(directory / "spiece.model"))
         assert len(model.pieces) == sp.get_piece_size()
         assert model.byte_fallback is byte_fallback
@@ -133,29 +136,29 @@ def test_proto_reader_agrees_with_sentencepiece(line_like: Path, no_byte_fallbac
         for i, piece in enumerate(model.pieces):
             assert piece.piece == sp.id_to_piece(i)
             assert piece.score == pytest.approx(sp.get_score(i), abs=0)
-            assert (piece.type == tk.CONTROL) == sp.is_control(i)
-            assert (piece.type == tk.BYTE) == sp.is_byte(i)
-            assert (piece.type == tk.UNKNOWN) == sp.is_unknown(i)
-    line = tk.read_sentencepiece(line_like / "spiece.model")
+            assert (piece.type == proto.CONTROL) == sp.is_control(i)
+            assert (piece.type == proto.BYTE) == sp.is_byte(i)
+            assert (piece.type == proto.UNKNOWN) == sp.is_unknown(i)
+    line = proto.read_sentencepiece(line_like / "spiece.model")
     assert [line.pieces[i].piece for i in range(7)] == list(LINE_SPECIALS)
     assert line.normalizer_name == "nmt_nfkc"
-    assert [p.piece for p in line.pieces if p.type == tk.USER_DEFINED] == ["\n"]
-    assert len(line.ids_of_type(tk.BYTE)) == 256
+    assert [p.piece for p in line.pieces if p.type == proto.USER_DEFINED] == ["\n"]
+    assert len(line.ids_of_type(proto.BYTE)) == 256
 
 
 def test_not_a_sentencepiece_model(tmp_path: Path) -> None:
     bad = tmp_path / "spiece.model"
     bad.write_bytes(b"\xff\xff\xff\xff not a proto")
     with pytest.raises(UserError, match="not a SentencePiece model file"):
-        tk.read_sentencepiece(bad)
-    with pytest.raises(UserError, match=r"no spiece\.model"):
-        tk.build_tokenizer(tmp_path / "empty", tmp_path / "out")
+        proto.read_sentencepiece(bad)
+    with pytest.raises(UserError, match=r"no spiece\.model, tokenizer\.model or tokenizer\.json"):
+        stage.build_tokenizer(tmp_path / "empty", tmp_path / "out")
 
 
 def test_charsmap_decoding_matches_sentencepiece(line_like: Path) -> None:
     """Every decoded key, normalized by SentencePiece on its own, gives the decoded value."""
-    model = tk.read_sentencepiece(line_like / "spiece.model")
-    table = tk.charsmap_table(model.precompiled_charsmap)
+    model = proto.read_sentencepiece(line_like / "spiece.model")
+    table = proto.charsmap_table(model.precompiled_charsmap)
     assert len(table) > 200_000  # nmt_nfkc: NFKC of every code point, compositions and their variants
     assert table["ﾊﾞ"] == "バ" and table["Ａ"] == "A" and table["\u3000"] == " " and table["\x01"] == ""
     sp = spm.SentencePieceProcessor(model_file=str(line_like / "spiece.model"))
@@ -167,8 +170,8 @@ def test_charsmap_decoding_matches_sentencepiece(line_like: Path) -> None:
 
 
 def test_python_charsmap_is_sentencepiece_longest_match(line_like: Path) -> None:
-    model = tk.read_sentencepiece(line_like / "spiece.model")
-    apply = tk.CharsMap(tk.charsmap_table(model.precompiled_charsmap))
+    model = proto.read_sentencepiece(line_like / "spiece.model")
+    apply = normalizer.CharsMap(proto.charsmap_table(model.precompiled_charsmap))
     sp = spm.SentencePieceProcessor(model_file=str(line_like / "spiece.model"))
     for text in ("ｶﾞｷﾞｸﾞ", "ﾊﾟﾋﾟﾌﾟＡＢＣ１２３", "か\u3099", "e\u0301\u0323", "①㈱㌔", "\u1100\u1161\u11a8"):
         assert "▁" + apply(text) == sp.normalize(text)
@@ -178,7 +181,7 @@ def test_python_charsmap_is_sentencepiece_longest_match(line_like: Path) -> None
 # The converted tokenizer
 
 
-def test_line_like_parity_is_total(line_like_built: tuple[Path, dict], cases: list[tk.Case]) -> None:
+def test_line_like_parity_is_total(line_like_built: tuple[Path, dict], cases: list[case_file.Case]) -> None:
     out, report = line_like_built
     assert report["cases"] == len(cases) >= 400
     assert report["parity"] == 1.0
@@ -188,8 +191,7 @@ def test_line_like_parity_is_total(line_like_built: tuple[Path, dict], cases: li
     assert report["references"]["transformers_slow"].startswith("transformers ")
     # The set exercises byte fallback heavily (rare kanji, emoji, rare scripts): thousands of byte tokens.
     assert report["byte_fallback_tokens"] > 1000
-    assert sorted(p.name for p in out.iterdir()) == ["parity-report.json", "tokenizer.json", "tokenizer_config.json"]
-    assert json.loads((out / "parity-report.json").read_text(encoding="utf-8"))["parity"] == 1.0
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
     assert report["normalizer"]["character_map"] == "NFKC with rules"
     assert report["normalizer"]["kept_from_nfkc"] == {"U+FF5E": "U+0002"}  # ～ survives NFKC, as in SentencePiece
 
@@ -214,7 +216,7 @@ def test_specific_encodings_match_sentencepiece(line_like_built: tuple[Path, dic
 
 def test_mlc_tokenizer_fields(line_like_built: tuple[Path, dict]) -> None:
     out, report = line_like_built
-    fields = tk.mlc_tokenizer_fields(out)
+    fields = mlc.mlc_tokenizer_fields(out)
     assert fields == {
         "tokenizer_files": ["tokenizer.json", "tokenizer_config.json"],
         "tokenizer_info": {"token_postproc_method": "byte_fallback", "prepend_space_in_encode": True,
@@ -224,7 +226,7 @@ def test_mlc_tokenizer_fields(line_like_built: tuple[Path, dict]) -> None:
 
 
 def test_detect_tokenizer_info_variants(tmp_path: Path) -> None:
-    assert tk.detect_tokenizer_info(tmp_path / "missing.json") == {
+    assert mlc.detect_tokenizer_info(tmp_path / "missing.json") == {
         "token_postproc_method": "byte_fallback", "prepend_space_in_encode": False, "strip_space_in_decode": False}
     llama2 = {"normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
                                                                     {"type": "Replace"}]},
@@ -233,13 +235,13 @@ def test_detect_tokenizer_info_variants(tmp_path: Path) -> None:
     gpt2 = {"normalizer": None, "decoder": {"type": "ByteLevel"}}
     (tmp_path / "a.json").write_text(json.dumps(llama2))
     (tmp_path / "b.json").write_text(json.dumps(gpt2))
-    assert tk.detect_tokenizer_info(tmp_path / "a.json") == {
+    assert mlc.detect_tokenizer_info(tmp_path / "a.json") == {
         "token_postproc_method": "byte_fallback", "prepend_space_in_encode": True, "strip_space_in_decode": True}
-    assert tk.detect_tokenizer_info(tmp_path / "b.json") == {
+    assert mlc.detect_tokenizer_info(tmp_path / "b.json") == {
         "token_postproc_method": "byte_level", "prepend_space_in_encode": False, "strip_space_in_decode": False}
 
 
-def test_transformers_loads_the_output(line_like_built: tuple[Path, dict], cases: list[tk.Case]) -> None:
+def test_transformers_loads_the_output(line_like_built: tuple[Path, dict], cases: list[case_file.Case]) -> None:
     from transformers import AutoTokenizer
 
     out, _ = line_like_built
@@ -252,13 +254,17 @@ def test_transformers_loads_the_output(line_like_built: tuple[Path, dict], cases
 
 def test_outputs_are_byte_identical(line_like: Path, line_like_built: tuple[Path, dict], tmp_path: Path) -> None:
     first, _ = line_like_built
-    tk.build_tokenizer(line_like, tmp_path / "again", sweep=False)
-    for name in ("tokenizer.json", "tokenizer_config.json", "parity-report.json"):
+    stage.measure_tokenizer_json(line_like, tmp_path / "again", case_file.load_cases(case_file.default_cases_path())[:5])
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / "again" / name).read_bytes() == (first / name).read_bytes(), name
+    stage.build_tokenizer(line_like, tmp_path / "stage1", alternative=False)
+    stage.build_tokenizer(line_like, tmp_path / "stage2", alternative=False)
+    for name in ("tokenizer.model", "tokenizer_config.json", "parity-report.json"):
+        assert (tmp_path / "stage1" / name).read_bytes() == (tmp_path / "stage2" / name).read_bytes(), name
 
 
-def test_no_byte_fallback_model(no_byte_fallback: Path, tmp_path: Path) -> None:
-    report = tk.build_tokenizer(no_byte_fallback, tmp_path / "out", sweep=False)
+def test_no_byte_fallback_model(no_byte_fallback: Path, cases: list[case_file.Case], tmp_path: Path) -> None:
+    report = stage.measure_tokenizer_json(no_byte_fallback, tmp_path / "out", cases)
     assert report["parity"] == 1.0
     assert report["ids_match_transformers_slow"] == report["cases"]
     assert report["byte_fallback_tokens"] == 0
@@ -285,29 +291,127 @@ def test_other_whitespace_options(options: dict, tmp_path: Path) -> None:
     directory = tmp_path / "model"
     train(directory, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=3, normalization_rule_name="identity", **options)
     write_json(directory / "special_tokens_map.json", {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"})
-    report = tk.build_tokenizer(directory, tmp_path / "out", sweep=False)
-    assert report["parity"] == 1.0, report["mismatches"][:3]
+    report = stage.build_tokenizer(directory, tmp_path / "out")
+    assert report["parity"] == 1.0 and report["tokenizer_json_alternative"]["parity"] == 1.0, report["mismatches"][:3]
     assert report["tokenizer"]["remove_extra_whitespaces"] is False
+
+
+# ---------------------------------------------------------------------------------------------------
+# The stage: what the bundle ships
+
+
+@pytest.fixture(scope="module")
+def line_like_stage(line_like: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("line_like_stage") / "tokenizer"
+    return out, stage.build_tokenizer(line_like, out)
+
+
+def test_stage_ships_sentencepiece_itself(line_like_stage: tuple[Path, dict], line_like: Path) -> None:
+    """MLC's runtime loads tokenizer.model through SentencePiece when there is no tokenizer.json: the stage
+    ships the model's own bytes under that name, and tokenizer_info as MLC's gen_config detects it then."""
+    out, report = line_like_stage
+    assert sorted(p.name for p in out.iterdir()) == ["parity-report.json", "tokenizer.model", "tokenizer_config.json"]
+    assert (out / "tokenizer.model").read_bytes() == (line_like / "spiece.model").read_bytes()
+    assert (out / "tokenizer_config.json").read_bytes() == (line_like / "tokenizer_config.json").read_bytes()
+    assert report["shipped"] == {"file": "tokenizer.model", "loaded_by": "sentencepiece", "source": "spiece.model"}
+    assert report["parity"] == 1.0 and report["ids_match"] == report["decoded_match"] == report["cases"] >= 400
+    assert report["byte_fallback_tokens"] > 1000
+    assert report["mlc"] == {
+        "tokenizer_files": ["tokenizer.model", "tokenizer_config.json"],
+        "tokenizer_info": {"token_postproc_method": "byte_fallback", "prepend_space_in_encode": False,
+                           "strip_space_in_decode": False},
+    }
+    assert report["tokenizer_json_alternative"]["parity"] == 1.0
+    assert report["tokenizer_json_alternative"]["normalizer"]["kept_from_nfkc"] == {"U+FF5E": "U+0002"}
+    assert json.loads((out / "parity-report.json").read_text(encoding="utf-8")) == json.loads(json.dumps(report))
+
+
+def test_bundle_tokenizer_is_what_mlc_loads(line_like_stage: tuple[Path, dict], line_like: Path,
+                                            line_like_built: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = line_like_stage
+    shipped = bundle.bundle_tokenizer(out)
+    sp = spm.SentencePieceProcessor(model_file=str(line_like / "spiece.model"))
+    assert shipped.kind == "sentencepiece" and shipped.vocab_size == sp.get_piece_size()
+    # tokenizers-cpp's SentencePiece path cuts no special tokens out of the text: "</s>" typed is text.
+    text = "前 </s> 後\n𠮷"
+    assert shipped.encode(text) == sp.encode(text) and 2 not in shipped.encode(text)
+    assert shipped.decode(sp.encode(text)) == sp.decode(sp.encode(text))
+    # MLC prefers tokenizer.json when both are there; so does the host.
+    both = tmp_path / "both"
+    both.mkdir()
+    for source in (out / "tokenizer.model", line_like_built[0] / "tokenizer.json"):
+        (both / source.name).write_bytes(source.read_bytes())
+    assert bundle.bundle_tokenizer(both).kind == "tokenizers"
+    with pytest.raises(UserError, match="neither tokenizer.json nor tokenizer.model"):
+        bundle.bundle_tokenizer(tmp_path)
+
+
+def bpe_model(directory: Path, *, eos_id: int = 0, vocab_size: int = 600) -> Path:
+    return byte_level_bpe(directory, japanese_lines(500), eos_id=eos_id, vocab_size=vocab_size)
+
+
+def test_tokenizer_json_model_is_validated_and_shipped(tmp_path: Path) -> None:
+    model_dir = bpe_model(tmp_path / "bpe")
+    report = stage.build_tokenizer(model_dir, tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["parity-report.json", "tokenizer.json", "tokenizer_config.json"]
+    assert (out / "tokenizer.json").read_bytes() == (model_dir / "tokenizer.json").read_bytes()
+    assert report["shipped"]["loaded_by"] == "tokenizers"
+    assert report["parity"] == 1.0 and report["round_trip_judged"] == report["cases"] >= 400
+    assert report["tokenizer"]["special_tokens"]["eos_token"] == {"content": "<|endoftext|>", "id": 0}
+    assert report["mlc"]["tokenizer_info"] == {"token_postproc_method": "byte_level", "prepend_space_in_encode": False,
+                                               "strip_space_in_decode": False}
+    assert report["mlc"]["tokenizer_files"] == ["tokenizer.json", "tokenizer_config.json"]
+
+
+def test_tokenizer_json_model_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"eos_token_id is 5, but eos_token '<\|endoftext\|>' is id 0"):
+        stage.build_tokenizer(bpe_model(tmp_path / "a", eos_id=5), tmp_path / "out")
+    with pytest.raises(UserError, match=r"tokens, but config.json's vocab_size is 100"):
+        stage.build_tokenizer(bpe_model(tmp_path / "b", vocab_size=100), tmp_path / "out")
+    model_dir = bpe_model(tmp_path / "c")
+    write_json(model_dir / "tokenizer_config.json", {"eos_token": "</s>"})
+    with pytest.raises(UserError, match=r"the declared eos_token '</s>' is not a token of tokenizer.json"):
+        stage.build_tokenizer(model_dir, tmp_path / "out")
+
+
+def test_stage_fails_and_keeps_the_report(tmp_path: Path) -> None:
+    """A tokenizer.json that loses text (a word-level vocabulary with an unknown token): the stage fails,
+    names the case, and leaves the report beside the (would-be) output directory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer.save(str(model_dir / "tokenizer.json"))
+    cases_file = tmp_path / "cases.txt"
+    cases_file.write_text('# section: fine\n"hello"\n# section: lost\n"今日は"\n', encoding="utf-8")
+    out = tmp_path / ".tokenizer.tmp-abc123"
+    with pytest.raises(UserError, match=r"tokenizer.json differs from its reference on 1 of 2 cases \(cases\.txt:4 \[lost\]\)"):
+        stage.build_tokenizer(model_dir, out, cases=cases_file)
+    beside = json.loads((tmp_path / "tokenizer.parity-report.json").read_text(encoding="utf-8"))
+    assert beside["parity"] == 0.5 and beside["mismatches"][0]["decoded"] == "[UNK]"
 
 
 # ---------------------------------------------------------------------------------------------------
 # The check fails where it must
 
 
-def test_transformers_t5_conversion_fails_the_check(line_like: Path, cases: list[tk.Case], tmp_path: Path) -> None:
+def test_transformers_t5_conversion_fails_the_check(line_like: Path, cases: list[case_file.Case], tmp_path: Path) -> None:
     """What the write-up shipped: transformers' own T5 fast tokenizer over the same vocabulary (no byte
     fallback, grapheme-wise Precompiled normalizer, unk id 2).  The check must catch it, naming cases."""
     from transformers import T5Tokenizer
 
-    model = tk.read_sentencepiece(line_like / "spiece.model")
+    model = proto.read_sentencepiece(line_like / "spiece.model")
     naive = T5Tokenizer(
         vocab=[(p.piece, p.score) for p in model.pieces],
         _spm_precompiled_charsmap=model.precompiled_charsmap,
         unk_token="<unk>", eos_token="</s>", pad_token="<pad>", extra_ids=0,
     )
     naive.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
-    declared = tk.declared_special_tokens(line_like)
-    report = tk.check_parity(tmp_path / "tokenizer.json", line_like / "spiece.model", cases, declared.values())
+    declared = special_tokens.declared_special_tokens(line_like)
+    report = parity.check_parity(tmp_path / "tokenizer.json", line_like / "spiece.model", cases, declared.values())
     assert report["parity"] < 0.8
     failing = {m["case"].split(" ")[1] for m in report["mismatches"]}
     assert {"[rare]", "[emoji]", "[halfwidth]", "[kanji]", "[whitespace]"} <= failing
@@ -317,17 +421,17 @@ def test_transformers_t5_conversion_fails_the_check(line_like: Path, cases: list
 
 
 def test_a_broken_tokenizer_json_is_caught(line_like_built: tuple[Path, dict], line_like: Path,
-                                           cases: list[tk.Case], tmp_path: Path) -> None:
+                                           cases: list[case_file.Case], tmp_path: Path) -> None:
     out, _ = line_like_built
     data = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
     data["model"]["byte_fallback"] = False  # one flag
     broken = tmp_path / "tokenizer.json"
     broken.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    declared = tk.declared_special_tokens(line_like)
-    report = tk.check_parity(broken, line_like / "spiece.model", cases, declared.values())
+    declared = special_tokens.declared_special_tokens(line_like)
+    report = parity.check_parity(broken, line_like / "spiece.model", cases, declared.values())
     # Exactly the cases SentencePiece encodes with byte pieces fail, and only those.
     sp = spm.SentencePieceProcessor(model_file=str(line_like / "spiece.model"))
-    reference = tk.SentencePieceReference(line_like / "spiece.model", declared.values())
+    reference = parity.SentencePieceReference(line_like / "spiece.model", declared.values())
     with_bytes = {c.name for c in cases if any(sp.is_byte(i) for i in reference.encode(c.text))}
     assert 0 < len(with_bytes) < len(cases)
     assert {m["case"] for m in report["mismatches"]} == with_bytes
@@ -336,24 +440,23 @@ def test_a_broken_tokenizer_json_is_caught(line_like_built: tuple[Path, dict], l
     assert entry["tokenizer_json_ids"] != entry["sentencepiece_ids"]
 
 
-def test_stage_fails_and_keeps_the_report(no_byte_fallback: Path, tmp_path: Path) -> None:
+def test_converter_cannot_express_an_undeclared_control_piece(no_byte_fallback: Path, tmp_path: Path) -> None:
     """An undeclared control piece typed in the text, next to an unknown character, is the one thing the
-    conversion cannot express for a model without byte fallback: the stage must fail, name the case, and
-    leave the report beside the (would-be) output directory."""
+    conversion cannot express for a model without byte fallback: the measurement names the case, and the
+    stage, which ships SentencePiece itself, is unaffected."""
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "spiece.model").write_bytes((no_byte_fallback / "spiece.model").read_bytes())  # no special tokens declared
     cases_file = tmp_path / "cases.txt"
     cases_file.write_text('# section: fine\n"今日は天気です。"\n# section: trap\n"x</s>y"\n', encoding="utf-8")
-    out = tmp_path / ".tokenizer.tmp-abc123"
-    with pytest.raises(UserError, match=r"differs from SentencePiece on 1 of 2 cases \(cases\.txt:4 \[trap\]\)"):
-        tk.build_tokenizer(model_dir, out, cases=cases_file, sweep=False)
-    beside = json.loads((tmp_path / "tokenizer.parity-report.json").read_text(encoding="utf-8"))
-    assert beside["parity"] == 0.5 and beside["mismatches"][0]["text"] == "x</s>y"
-    # With the special tokens declared (as any real model does), the same text is fine.
+    measured = stage.measure_tokenizer_json(model_dir, tmp_path / "json", case_file.load_cases(cases_file))
+    assert measured["parity"] == 0.5 and measured["mismatches"][0]["text"] == "x</s>y"
+    report = stage.build_tokenizer(model_dir, tmp_path / "out", cases=cases_file)
+    assert report["parity"] == 1.0
+    assert report["tokenizer_json_alternative"]["mismatched_cases"] == ["cases.txt:4 [trap]"]
+    # With the special tokens declared (as any real model does), the converter gets it right too.
     write_json(model_dir / "tokenizer_config.json", {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"})
-    assert tk.build_tokenizer(model_dir, out, cases=cases_file, sweep=False)["parity"] == 1.0
-    assert not (tmp_path / "tokenizer.parity-report.json").exists()
+    assert stage.measure_tokenizer_json(model_dir, tmp_path / "json2", case_file.load_cases(cases_file))["parity"] == 1.0
 
 
 def test_undeclared_special_token_not_in_vocab(line_like: Path, tmp_path: Path) -> None:
@@ -362,14 +465,17 @@ def test_undeclared_special_token_not_in_vocab(line_like: Path, tmp_path: Path) 
     (model_dir / "spiece.model").write_bytes((line_like / "spiece.model").read_bytes())
     write_json(model_dir / "special_tokens_map.json", {"pad_token": "[PAD]"})
     with pytest.raises(UserError, match=r"declared special token '\[PAD\]' is not a piece"):
-        tk.build_tokenizer(model_dir, tmp_path / "out", sweep=False)
+        stage.measure_tokenizer_json(model_dir, tmp_path / "out", [])
+    # The stage ships SentencePiece and reports the alternative as unavailable, with the reason.
+    report = stage.build_tokenizer(model_dir, tmp_path / "stage")
+    assert "is not a piece" in report["tokenizer_json_alternative"]["unavailable"]
 
 
 # ---------------------------------------------------------------------------------------------------
 # The case file
 
 
-def test_case_file_covers_what_it_must(cases: list[tk.Case]) -> None:
+def test_case_file_covers_what_it_must(cases: list[case_file.Case]) -> None:
     sections = {c.name.split(" ")[1].strip("[]") for c in cases}
     assert {"hiragana", "katakana", "kanji", "fullwidth", "halfwidth", "ascii", "numbers", "emoji", "rare",
             "whitespace", "control", "special_tokens", "conversation", "combining"} <= sections
@@ -386,16 +492,16 @@ def test_case_file_format_errors(tmp_path: Path) -> None:
     bad = tmp_path / "cases.txt"
     bad.write_text('"fine"\nnot json\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"cases\.txt:2: a case must be one JSON string per line"):
-        tk.load_cases(bad)
+        case_file.load_cases(bad)
     bad.write_text('"fine"\n42\n', encoding="utf-8")
     with pytest.raises(UserError, match=r"cases\.txt:2: a case must be a JSON string, got int"):
-        tk.load_cases(bad)
+        case_file.load_cases(bad)
     bad.write_text("# only comments\n\n", encoding="utf-8")
     with pytest.raises(UserError, match="no test cases"):
-        tk.load_cases(bad)
+        case_file.load_cases(bad)
     line_separator = tmp_path / "ls.txt"
     line_separator.write_text('"a\u2028b"\n', encoding="utf-8")  # a literal U+2028 stays inside its case
-    assert [c.text for c in tk.load_cases(line_separator)] == ["a\u2028b"]
+    assert [c.text for c in case_file.load_cases(line_separator)] == ["a\u2028b"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,7 +511,7 @@ def test_case_file_format_errors(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_normalizer_sweep_finds_no_difference(line_like: Path, tmp_path: Path) -> None:
     """Every assigned code point and every one of nmt_nfkc's 220k multi-character keys normalize the same."""
-    report = tk.build_tokenizer(line_like, tmp_path / "out", sweep=True)
+    report = stage.measure_tokenizer_json(line_like, tmp_path / "out", [], sweep=True)
     sweep = report["normalizer"]["sweep"]
     assert sweep["code_points"]["checked"] > 140_000 and sweep["code_points"]["differ"] == 0
     assert sweep["multi_char_keys"]["checked"] > 200_000 and sweep["multi_char_keys"]["differ"] == 0
@@ -413,7 +519,7 @@ def test_normalizer_sweep_finds_no_difference(line_like: Path, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_demo_model(demo_model: Path, tmp_path: Path) -> None:
-    report = tk.build_tokenizer(demo_model, tmp_path / "tokenizer")
-    assert report["parity"] == 1.0
+    report = stage.build_tokenizer(demo_model, tmp_path / "tokenizer", sweep=True)
+    assert report["parity"] == 1.0 and report["tokenizer_json_alternative"]["parity"] == 1.0
     assert report["tokenizer"]["special_tokens"]["eos_token"] == {"content": "</s>", "id": 2, "kind": "control"}
-    assert report["normalizer"]["sweep"]["code_points"]["differ"] == 0
+    assert report["tokenizer_json_alternative"]["normalizer"]["sweep"]["code_points"]["differ"] == 0

@@ -198,8 +198,15 @@ WEIGHT_PATH = {  # every job that reads converted weights, and what follows them
     ("edited", "expected"),
     [
         ("scripts/tokenizer.py", {f"tokenizer[{DEMO}]", *PACKAGES}),
-        # Imported by the tokenizer stage, by patch (families checks templates with it) and by package.
-        ("src/hf2mlc/tokenizer.py", {f"tokenizer[{DEMO}]", f"patch[{DEMO}]", *PACKAGES}),
+        # The stage's own module: only the tokenizer stage (and the bundles) import it.
+        ("src/hf2mlc/tokenizer/stage.py", {f"tokenizer[{DEMO}]", *PACKAGES}),
+        # How a bundle's tokenizer reads text: the tokenizer stage, patch (families check templates with
+        # it), check and evaluate (they tokenize the evaluation text with it), the iPhone compile (it waits
+        # on the check), and the bundles.
+        ("src/hf2mlc/tokenizer/bundle.py", {f"tokenizer[{DEMO}]", f"patch[{DEMO}]", f"check[{DEMO},quant=q0f16]",
+                                            f"check[{DEMO},quant=q4f16_0]", f"evaluate[{DEMO},quant=q0f16]",
+                                            f"evaluate[{DEMO},quant=q4f16_0]",
+                                            f"compile[{DEMO},target=iphone,quant=q4f16_0]", *PACKAGES}),
         # A deep module: the packers, imported by convert and (dequantizing) by check, which evaluate
         # imports; not by compile, which takes no weights, nor by download, patch, tokenizer or package.
         ("src/hf2mlc/quantization/group.py", WEIGHT_PATH),
@@ -215,7 +222,7 @@ WEIGHT_PATH = {  # every job that reads converted weights, and what follows them
             *PACKAGES,
         }),
     ],
-    ids=["script", "tokenizer", "quantization-group", "cpu-schedule"],
+    ids=["script", "tokenizer-stage", "tokenizer-bundle", "quantization-group", "cpu-schedule"],
 )
 def test_code_edit_reruns_every_rule_that_imports_it(built: dict, edited: str, expected: set[str]) -> None:
     work = built["work"]

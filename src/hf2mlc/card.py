@@ -45,6 +45,34 @@ def _quality_table(evaluation: dict[str, Any]) -> str:
     return "\n".join(rows) + f"\n\nMeasured on {text['tokens']} tokens of {text['name']} ({text['description']}).\n"
 
 
+def _tokenizer_section(report: dict[str, Any]) -> str:
+    """What the bundle's tokenizer is and how it was proved equal to the model's own (parity-report.json)."""
+    shipped, refs = report["shipped"], report["references"]
+    info = report["mlc"]["tokenizer_info"]
+    if shipped["loaded_by"] == "sentencepiece":
+        text = (
+            f"`{shipped['file']}` is the model's own `{shipped['source']}`, which MLC's runtime tokenizes with "
+            f"SentencePiece itself. Token ids and decoded text equal SentencePiece's (sentencepiece "
+            f"{refs['sentencepiece']}) on {report['ids_match']} of {report['cases']} test cases "
+            f"({report['tokens']} tokens, {report['byte_fallback_tokens']} of them byte fallback, "
+            f"{report['unk_tokens']} unknown)."
+        )
+        alternative = report.get("tokenizer_json_alternative") or {}
+        if "parity" in alternative:
+            text += (
+                f" A `tokenizer.json` converted from it (tokenizers {refs['tokenizers']}) matched on "
+                f"{alternative['ids_match_sentencepiece']} of {alternative['cases']} and is not shipped: on real "
+                "text it can differ where SentencePiece's float32 lattice sums break near-ties differently."
+            )
+    else:
+        text = (
+            f"`{shipped['file']}` is the model's own, shipped unchanged (tokenizers {refs['tokenizers']}): "
+            f"{report['round_trip_match']} of {report['round_trip_judged']} test cases come back unchanged from "
+            f"encode → decode ({report['tokens']} tokens); its special tokens and ids agree with config.json."
+        )
+    return text + f" `tokenizer_info`: `{json.dumps(info, sort_keys=True)}`.\n"
+
+
 def model_card(
     *,
     settings: dict[str, Any],
@@ -54,8 +82,9 @@ def model_card(
     lib_files: list[str],
     model_lib: str,
     estimated_vram: int,
+    tokenizer: dict[str, Any] | None = None,
 ) -> str:
-    """The README.md text."""
+    """The README.md text; ``tokenizer``: the tokenizer stage's parity report."""
     front = yaml.safe_dump(_front_matter(settings, source_metadata), allow_unicode=True, sort_keys=False)
     source = settings["source"]
     origin = (
@@ -85,11 +114,12 @@ def model_card(
         f"quantization `{settings['quantization']}`, from {origin}.\n",
         "Built by hf2mlc — a Snakemake workflow on apache-tvm from PyPI — with MLC LLM's "
         "formats as the contract: `tensor-cache.json` + `params_shard_*.bin` weights, `mlc-chat-config.json`, "
-        "`tokenizer.json`, and a model library compiled for the device (`lib/`). The commit that added these "
+        "the tokenizer files, and a model library compiled for the device (`lib/`). The commit that added these "
         "files is tagged with the bundle's version id (a digest of its files).\n",
         "## Prompt format\n",
         "The conversation template in `mlc-chat-config.json` (validated against the model's own tokenizer):\n",
         "```json\n" + json.dumps(template, indent=2, ensure_ascii=False) + "\n```\n",
+        *(["## Tokenizer\n", _tokenizer_section(tokenizer)] if tokenizer else []),
         "## Quality after quantization\n",
         (_quality_table(evaluation) if evaluation else "Not measured for this bundle.\n"),
         "## Build settings\n",

@@ -6,7 +6,7 @@
     hf2mlc restore 3f2a9c                        # put one back as the current bundle
     hf2mlc chat --model demo --quantization q4f16_0 --prompt "四国の県名を全て列挙してください。"
 
-``chat`` runs the host build of the workflow's results (same weights, template and tokenizer.json as the
+``chat`` runs the host build of the workflow's results (same weights, template and tokenizer files as the
 bundle) the way MLC's engine would: the prompt rendered by the conversation template, stop tokens, sampling.
 """
 
@@ -75,13 +75,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     import json
 
-    from tokenizers import Tokenizer
-
     from . import layout
     from .families import render_prompt
     from .runtime import Engine
     from .stages import host_library
-    from .tokenizer import TOKENIZER_JSON
+    from .tokenizer.bundle import bundle_tokenizer
 
     results = str(args.results)
     build = Path(layout.compile_dir(args.model, "host", args.quantization, results))
@@ -90,7 +88,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     patch = Path(layout.patch_dir(args.model, results))
     template = json.loads((patch / layout.CONV_TEMPLATE).read_text(encoding="utf-8"))
     generation = json.loads((patch / layout.OVERRIDES).read_text(encoding="utf-8"))["generation"]
-    tokenizer = Tokenizer.from_file(str(Path(layout.tokenizer_dir(args.model, results)) / TOKENIZER_JSON))
+    # As MLC's runtime loads the bundle's files: tokenizer.json if there is one, else tokenizer.model.
+    tokenizer = bundle_tokenizer(Path(layout.tokenizer_dir(args.model, results)))
     engine = Engine(host_library(build), Path(layout.weights_dir(args.model, args.quantization, results)))
     temperature = generation.get("temperature", 0.7) if args.temperature is None else args.temperature
     top_p = generation.get("top_p", 1.0)
@@ -107,15 +106,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             except EOFError:
                 return 0
         history.append(("user", user))
-        ids = list(template.get("system_prefix_token_ids") or []) + tokenizer.encode(
-            render_prompt(template, history), add_special_tokens=False
-        ).ids
+        ids = list(template.get("system_prefix_token_ids") or []) + tokenizer.encode(render_prompt(template, history))
         out = engine.generate(
             ids, args.max_new_tokens, temperature=temperature, top_p=top_p,
             stop_token_ids=template.get("stop_token_ids", []), seed=args.seed,
         )
         stops = set(template.get("stop_token_ids", []))
-        answer = tokenizer.decode([t for t in out if t not in stops], skip_special_tokens=True)
+        answer = tokenizer.decode([t for t in out if t not in stops])
         for stop in template.get("stop_str", []):
             answer = answer.split(stop)[0]
         print(answer)

@@ -315,28 +315,28 @@ def _learning_rate(step: int) -> float:
     return PEAK_LR * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def _batches(lengths: list[int], generator: Any) -> Iterator[list[int]]:
+def _batches(lengths: list[int], generator: Any, batch_size: int = BATCH_SIZE) -> Iterator[list[int]]:
     """Row indices, a batch at a time, forever: each epoch in a fresh random order, cut into pools of
     BUCKET_BATCHES batches whose rows are sorted by length (so a batch pads little), batches shuffled again."""
     import torch
 
-    pool = BATCH_SIZE * BUCKET_BATCHES
+    pool = batch_size * BUCKET_BATCHES
     while True:
         order = torch.randperm(len(lengths), generator=generator).tolist()
         batches = []
         for start in range(0, len(order), pool):
             rows = sorted(order[start : start + pool], key=lambda row: lengths[row])
-            batches += [rows[i : i + BATCH_SIZE] for i in range(0, len(rows), BATCH_SIZE)]
+            batches += [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
         for index in torch.randperm(len(batches), generator=generator).tolist():
             yield batches[index]
 
 
-def _padded(rows: list[tuple[list[int], list[int]]]) -> tuple[Any, Any, Any]:
+def _padded(rows: list[tuple[list[int], list[int]]], pad_id: int = PAD_ID) -> tuple[Any, Any, Any]:
     """(input ids, attention mask, targets) of rows padded on the right; padding is masked and ignored."""
     import torch
 
     width = max(len(inputs) for inputs, _ in rows)
-    input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE_ID, dtype=torch.long)
     for row, (inputs, wanted) in enumerate(rows):
@@ -346,30 +346,38 @@ def _padded(rows: list[tuple[list[int], list[int]]]) -> tuple[Any, Any, Any]:
     return input_ids, mask, targets
 
 
-def _nll(model: Any, rows: list[tuple[list[int], list[int]]], reduction: str) -> Any:
+def _nll(model: Any, rows: list[tuple[list[int], list[int]]], reduction: str, pad_id: int = PAD_ID) -> Any:
     import torch.nn.functional as F
 
-    input_ids, mask, targets = _padded(rows)
+    input_ids, mask, targets = _padded(rows, pad_id)
     logits = model(input_ids=input_ids, attention_mask=mask).logits.float()
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_ID, reduction=reduction)
 
 
-def _train(model: Any, examples: list[tuple[list[int], list[int]]], seed: int) -> float:
+def _train(
+    model: Any,
+    examples: list[tuple[list[int], list[int]]],
+    seed: int,
+    *,
+    steps: int = TRAIN_STEPS,
+    batch_size: int = BATCH_SIZE,
+    pad_id: int = PAD_ID,
+) -> float:
     """Train on batches of whole dialogues (:func:`chat_example` rows); return the mean loss of the last 20 steps."""
     import torch
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(seed)
-    batches = _batches([len(inputs) for inputs, _ in examples], generator)
+    batches = _batches([len(inputs) for inputs, _ in examples], generator, batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=PEAK_LR, betas=(0.9, 0.95), weight_decay=0.01)
     model.train()
     recent: list[float] = []
-    bar = tqdm(range(TRAIN_STEPS), desc="[hf2mlc demo] train", file=sys.stderr, mininterval=1.0, leave=False)
+    bar = tqdm(range(steps), desc="[hf2mlc demo] train", file=sys.stderr, mininterval=1.0, leave=False)
     for step in bar:
         rows = [examples[index] for index in next(batches)]
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step)
-        loss = _nll(model, rows, "mean")
+        loss = _nll(model, rows, "mean", pad_id)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -380,7 +388,7 @@ def _train(model: Any, examples: list[tuple[list[int], list[int]]], seed: int) -
     return sum(recent) / len(recent)
 
 
-def heldout_perplexity(model: Any, examples: list[tuple[list[int], list[int]]]) -> float:
+def heldout_perplexity(model: Any, examples: list[tuple[list[int], list[int]]], pad_id: int = PAD_ID) -> float:
     """exp(mean NLL) of every target of the held-out :func:`chat_example` rows.
 
     That is, each dialogue encoded whole with nothing in front, every token after its first predicted,
@@ -393,19 +401,19 @@ def heldout_perplexity(model: Any, examples: list[tuple[list[int], list[int]]]) 
     total_nll, total_tokens = 0.0, 0
     with torch.no_grad():
         for row in examples:
-            total_nll += _nll(model, [row], "sum").item()
+            total_nll += _nll(model, [row], "sum", pad_id).item()
             total_tokens += len(row[1])
     return math.exp(total_nll / total_tokens)
 
 
-def _build_model(config_dir: Path) -> Any:
+def _build_model(config_dir: Path, tied: bool = True) -> Any:
     """A freshly initialised model from the config.json we wrote (so the legacy keys are what is read)."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     config = GPTNeoXConfig.from_pretrained(config_dir)
     config.dtype = "float32"
     model = GPTNeoXForCausalLM(config).float()
-    if model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
+    if tied and model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr():
         raise RuntimeError("transformers did not tie embed_out to embed_in for tie_word_embeddings=true")
     return model
 
@@ -433,8 +441,10 @@ def _float16_state(model: Any) -> dict[str, Any]:
 # Entry point
 
 
-def make_demo_model(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
+def make_demo_model(out_dir: Path, *, seed: int = 0, variant: str | None = None) -> dict[str, Any]:
     """Write the demo model (Hugging Face layout) to ``out_dir`` and return statistics about it.
+
+    ``variant``: one of :data:`hf2mlc.demo_variants.VARIANTS` (a model shaped like another family) instead.
 
     The directory appears only when complete (``atomic_output_dir``); an existing one is replaced.  The
     returned statistics (sizes, losses, perplexities, timings) are JSON-serialisable for a manifest;
@@ -445,6 +455,10 @@ def make_demo_model(out_dir: Path, *, seed: int = 0) -> dict[str, Any]:
         raise UserError(
             f"{out_dir}: exists and is not a directory; remove it or choose another output path for the demo model."
         )
+    if variant is not None:
+        from .demo_variants import make_variant
+
+        return make_variant(out_dir, variant, seed=seed)
 
     timings: dict[str, float] = {}
     clock = time.perf_counter()

@@ -67,7 +67,8 @@ SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "additionalProperties": False,
                     "required": ["user", "assistant"],
-                    "properties": {r: {"type": "string", "minLength": 1} for r in ("user", "assistant", "tool")},
+                    # Empty role names are a base model's (MLC's LM template: the prompt is the text itself).
+                    "properties": {r: {"type": "string"} for r in ("user", "assistant", "tool")},
                 },
                 "role_templates": {
                     "type": "object",
@@ -283,46 +284,50 @@ def _replace_first(text: str, placeholder: str, value: str) -> str:
 
 
 class _ModelTokenizer:
-    """The model's own tokenizer, read the slow way: spiece.model through sentencepiece, declared special
-    tokens cut out of the text first (what T5Tokenizer(use_fast=False) did), and text decoded as MLC shows
-    it (special pieces as their text, everything else as SentencePiece decodes it)."""
+    """The model's tokenizer as its bundle will tokenize (:func:`hf2mlc.tokenizer.model_tokenizer`: the
+    SentencePiece model shipped as tokenizer.model, else the model's tokenizer.json), so a template is checked
+    against the ids MLC's runtime will really produce for it."""
 
     def __init__(self, model_dir: Path) -> None:
-        from .tokenizer import SentencePieceReference, declared_special_tokens, find_spiece, read_sentencepiece
+        from .tokenizer import hf_json
+        from .tokenizer.bundle import model_tokenizer
+        from .tokenizer.proto import read_sentencepiece
 
-        self.spiece = find_spiece(model_dir)
-        self.model = read_sentencepiece(self.spiece)
-        self.declared = declared_special_tokens(model_dir)
-        self.reference = SentencePieceReference(self.spiece, self.declared.values())
-        self.sp = self.reference.sp
-        self.size = self.sp.get_piece_size()
+        self.bundle = model_tokenizer(model_dir)
+        self.spiece = self.bundle.path
+        self.size = self.bundle.vocab_size
+        self.sentencepiece = read_sentencepiece(self.spiece) if self.bundle.kind == "sentencepiece" else None
+        self._normalizers = [] if self.sentencepiece else hf_json.describe(self.spiece)["normalizer"]
 
     def encode(self, text: str) -> list[int]:
-        return self.reference.encode(text)
+        return self.bundle.encode(text)
 
     def piece(self, token_id: int) -> str:
-        return self.sp.id_to_piece(token_id)
+        return self.bundle.id_to_piece(token_id)
 
     def shown(self, ids: list[int]) -> str:
-        """Text as MLC's decoder shows it: special pieces as themselves, runs of others via SentencePiece."""
-        specials = set(self.reference.special_ids.values())
-        out: list[str] = []
-        run: list[int] = []
-        for token_id in ids:
-            if token_id in specials and not self.sp.is_unknown(token_id):
-                out.append(self.sp.decode(run) if run else "")
-                out.append(self.piece(token_id))
-                run = []
-            else:
-                run.append(token_id)
-        out.append(self.sp.decode(run) if run else "")
-        return "".join(out)
+        """Text as MLC's runtime decodes it."""
+        return self.bundle.decode(ids)
 
     def as_normalized(self, text: str) -> str:
-        """``text`` with the only change a faithful tokenizer may make to it: SentencePiece's space handling."""
-        if self.model.remove_extra_whitespaces:
-            text = re.sub(" {2,}", " ", text).strip(" ")
-        return text
+        """``text`` with the only change a faithful tokenizer may make to it: SentencePiece's space handling,
+        or a tokenizer.json's Unicode normalization."""
+        if self.sentencepiece is not None:
+            return re.sub(" {2,}", " ", text).strip(" ") if self.sentencepiece.remove_extra_whitespaces else text
+        from .tokenizer import hf_json
+
+        expected = hf_json.expected_round_trip(text, self._normalizers)
+        return text if expected is None else expected
+
+    def drops_trailing_space(self) -> bool:
+        return self.sentencepiece is not None and self.sentencepiece.remove_extra_whitespaces
+
+    def is_unknown_word(self, text: str) -> bool:
+        """``text`` looks like a control token (``<NL>``) but the tokenizer reads it as characters."""
+        if self.sentencepiece is None:
+            return len(self.encode(text)) > 1
+        # SentencePiece matches only normal and user-defined pieces in text (control pieces are read as characters).
+        return self.sentencepiece.kind(text) not in ("normal", "user_defined")
 
 
 def _model_config(model_dir: Path) -> dict[str, Any]:
@@ -412,7 +417,7 @@ def validate_family(family: Family, model_dir: Path) -> dict[str, Any]:
         pieces_report[field] = entry
         if back != tok.as_normalized(text):
             errors.append(f"{where}: {field}={text!r} does not survive the model's tokenizer: it decodes to {back!r}.")
-        elif re.fullmatch(r"<[^<>\s]+>", text) and tok.sp.piece_to_id(text) == tok.sp.unk_id():
+        elif re.fullmatch(r"<[^<>\s]+>", text) and tok.is_unknown_word(text):
             # Mid-prompt there is no dummy "▁" in front: show the pieces the model reads there.
             inner = entry["pieces"][1:] if entry["pieces"][:1] == ["▁"] else entry["pieces"]
             warnings.append(
@@ -434,7 +439,7 @@ def validate_family(family: Family, model_dir: Path) -> dict[str, Any]:
             f"{where}: prompt_example: the template's token ids {rendered_ids} differ from the card's "
             f"encoding {card_ids} (system_prefix_token_ids adds {prefix_ids})."
         )
-    if rendered.endswith(" ") and tok.model.remove_extra_whitespaces:
+    if rendered.endswith(" ") and tok.drops_trailing_space():
         notes.append(
             f"{where}: the prompt ends in a space, which SentencePiece drops: the model sees "
             f"{tok.shown(tok.encode(rendered))[-12:]!r} at the end, exactly as the card's own encoding does."
@@ -451,7 +456,7 @@ def validate_family(family: Family, model_dir: Path) -> dict[str, Any]:
     return {
         "family": family.name,
         "family_file": family.path.name,
-        "tokenizer": {"file": tok.spiece.name, "pieces": tok.size},
+        "tokenizer": {"file": tok.spiece.name, "loaded_by": tok.bundle.kind, "pieces": tok.size},
         "valid": not errors,
         "stop_token_ids": stops,
         "eos_token_id": eos if eos is not None else None,

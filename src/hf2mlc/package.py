@@ -6,7 +6,7 @@
       bundle/
         mlc-app-config.json          # {"model_list": [{model_id, model_lib, model_path, estimated_vram_bytes}]}
         <model_id>/                  # what MLC's app loads: weights, tensor-cache.json, mlc-chat-config.json,
-                                     # tokenizer.json, tokenizer_config.json
+                                     # tokenizer.model or tokenizer.json, tokenizer_config.json
       lib/                           # the model library: <lib>.tar (+ libmodel_iphone.a / <lib>.dylib)
       mlc-package-config.json        # the input `mlc_llm package` would take to make the same bundle
       app-config.json                # the older app's form, as the 2023 write-up used it
@@ -184,7 +184,7 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
     never describe a library other than the one it ships.
     """
     from .manifest import tool_versions
-    from .tokenizer import mlc_tokenizer_fields
+    from .tokenizer.mlc import mlc_tokenizer_fields
 
     model_id = spec.model_id
     config = GPTNeoXConfig.from_file(inputs.model)
@@ -286,6 +286,7 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
         lib_files=lib_files,
         model_lib=model_lib,
         estimated_vram=vram,
+        tokenizer=parity,
     )
     (out / "README.md").write_text(card, encoding="utf-8")
 

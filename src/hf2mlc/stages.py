@@ -49,15 +49,15 @@ def download(*, source: str, out_dir: StrPath, base_dir: StrPath = ".") -> None:
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("make_demo_model"):
-            stats = make_demo_model(tmp)
+            stats = make_demo_model(tmp, variant=parsed.variant)
         # Phase timings go with the manifest's timings; the rest of the stats is the same every run.
         watch.timings.update({f"demo_{k}": v for k, v in stats.pop("timings", {}).items()})
         write_manifest(
             tmp,
             stage="download",
-            params={"source": "demo"},
+            params={"source": parsed.uri},
             timings=watch.timings,
-            extra={"source": {"kind": "demo"}, "demo": _json_safe(stats)},
+            extra={"source": {"kind": "demo", **({"variant": parsed.variant} if parsed.variant else {})}, "demo": _json_safe(stats)},
         )
 
 
@@ -169,8 +169,8 @@ def host_library(compile_dir: StrPath) -> Path:
 
 
 def tokenizer(*, model_dir: StrPath, out_dir: StrPath) -> None:
-    """tokenizer.json from spiece.model, with a 100 % parity report against SentencePiece."""
-    from .tokenizer import build_tokenizer
+    """The bundle's tokenizer files (spiece.model as tokenizer.model, or the model's tokenizer.json), with a 100 % parity report."""
+    from .tokenizer.stage import build_tokenizer
 
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:

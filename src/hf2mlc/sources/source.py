@@ -25,12 +25,13 @@ _BAD_REVISION = re.compile(r"[\s~^:?*\[\\]|\.\.|@\{|//|^/|/$|\.lock$|^-")
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A parsed model source.  ``kind`` is ``"hf"``, ``"local"`` or ``"demo"``."""
+    """A parsed model source.  ``kind`` is ``"hf"``, ``"local"`` or ``"demo"`` (``variant``: ``demo:<variant>``)."""
 
     kind: str
     repo_id: str | None = None
     revision: str | None = None
     path: Path | None = None
+    variant: str | None = None
 
     @property
     def uri(self) -> str:
@@ -39,7 +40,7 @@ class Source:
             return f"{HF_SCHEME}{self.repo_id}@{self.revision}"
         if self.kind == "local":
             return str(self.path)
-        return DEMO
+        return f"{DEMO}:{self.variant}" if self.variant else DEMO
 
     def __str__(self) -> str:
         return self.uri
@@ -49,7 +50,7 @@ def parse_source(text: str, *, base_dir: Path | None = None) -> Source:
     """Parse a model source string.
 
     ``hf://owner/name@rev`` pins a branch, tag or commit; ``hf://owner/name`` means branch ``main``.
-    ``demo`` is the embedded demo model.  Anything else is a local directory, relative paths being
+    ``demo`` is the embedded demo model, ``demo:<variant>`` one of its variants.  Anything else is a local directory, relative paths being
     taken from ``base_dir`` (the directory of the config file, or the working directory).
     """
     if not isinstance(text, str) or not text.strip():
@@ -59,6 +60,11 @@ def parse_source(text: str, *, base_dir: Path | None = None) -> Source:
     text = text.strip()
     if text == DEMO:
         return Source(kind="demo")
+    if text.startswith(DEMO + ":"):
+        variant = text[len(DEMO) + 1 :]
+        if not re.fullmatch(r"[a-z0-9_-]+", variant):
+            raise UserError(f"model source {text!r}: write 'demo' or 'demo:<variant>' (hf2mlc.demo_variants.VARIANTS)")
+        return Source(kind="demo", variant=variant)  # the name is checked where the variant is made
     if text.startswith(HF_SCHEME):
         return _parse_hf(text)
     if "://" in text:
