@@ -3,7 +3,7 @@ rule check:
     on the same numbers: a relative error above max_logit_rel_error fails, and the iPhone compile waits on it."""
     input:
         model_dir=download_dir("{model}"),
-        weights_dir=weights_dir("{model}", "{quant}"),
+        weights_dir=quant_weights_dir,
         compile_dir=compile_dir("{model}", "host", "{quant}"),
         watched=lambda wildcards: setting_file(MODELS[wildcards.model]["evaluation"]["text"]),
     output:

@@ -39,10 +39,14 @@ from hf2mlc.layout import (
 )
 from hf2mlc.resources import mem_mb_for_model
 from hf2mlc.spec import (
+    CALIBRATED_METHOD_PATTERN,
+    DEFAULT_CALIBRATION_TEXT,
     DEFAULT_FFN_OUT_DTYPE,
     DEVICES,
     QUANTIZATION_PATTERN,
+    RTN,
     TARGETS,
+    CalibrationSpec,
     PackageSpec,
     TargetSpec,
     WeightSpec,
@@ -68,9 +72,11 @@ def _merged_model(entry):
         "host": {**defaults["host"], **entry.get("host", {})},
         "max_logit_rel_error": defaults["max_logit_rel_error"],
         "evaluation": {**defaults["evaluation"], **entry.get("evaluation", {})},
+        "calibration_text": entry.get("calibration_text", defaults.get("calibration_text", DEFAULT_CALIBRATION_TEXT)),
     }
     for device in DEVICES:
         merged["targets"][device] = {
+            "method": RTN.method.name,
             **defaults["targets"].get(device, {}),
             **entry.get("targets", {}).get(device, {}),
         }
@@ -80,6 +86,15 @@ def _merged_model(entry):
                     f"config/config.yaml: models[{entry['id']}].targets.{device}.{key} is not set "
                     f"and has no default under defaults.targets.{device}; add it."
                 )
+    methods = {}
+    for device, settings in merged["targets"].items():
+        methods.setdefault(settings["quantization"], {})[device] = settings["method"]
+    for quant, by_device in methods.items():
+        if len(set(by_device.values())) > 1:  # one host check and evaluation per quantization
+            raise ValueError(
+                f"config/config.yaml: models[{entry['id']}] builds {quant} with different methods {by_device}; "
+                "devices that share a quantization must share its method."
+            )
     family_file = FAMILIES_DIR / f"{merged['family']}.yaml"
     if not family_file.is_file():
         known = sorted(p.stem for p in FAMILIES_DIR.glob("*.yaml"))
@@ -101,6 +116,29 @@ ENABLED = [m for m, spec in MODELS.items() if spec["enabled"]]
 
 def device_quant(model, device):
     return MODELS[model]["targets"][device]["quantization"]
+
+
+def device_method(model, device):
+    return MODELS[model]["targets"][device]["method"]
+
+
+def quant_method(model, quant):
+    """The method of the devices that use ``quant`` (checked equal when the config is read)."""
+    return next(s["method"] for s in MODELS[model]["targets"].values() if s["quantization"] == quant)
+
+
+def quant_weights_dir(wildcards):
+    """The weights a quantization's host check and evaluation run on: those its devices ship."""
+    return weights_dir(wildcards.model, wildcards.quant, method=quant_method(wildcards.model, wildcards.quant))
+
+
+def calibration_spec(wildcards):
+    """How calibrated weights choose their codes: the method, the model's calibration text, and its
+    evaluation text (which the calibration text must not overlap)."""
+    spec = MODELS[wildcards.model]
+    return CalibrationSpec.create(
+        wildcards.method, spec["calibration_text"], evaluation_text=spec["evaluation"]["text"]
+    ).as_params()
 
 
 def host_quants(model):
@@ -201,7 +239,7 @@ def package_inputs(wildcards):
         "model_dir": download_dir(wildcards.model),
         "patch_dir": patch_dir(wildcards.model),
         "tokenizer_dir": tokenizer_dir(wildcards.model),
-        "weights_dir": weights_dir(wildcards.model, quant),
+        "weights_dir": weights_dir(wildcards.model, quant, method=device_method(wildcards.model, wildcards.device)),
         "compile_dir": compile_dir(wildcards.model, wildcards.device, quant),
         "evaluate_dir": evaluate_dir(wildcards.model, quant),
     }

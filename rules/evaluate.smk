@@ -3,7 +3,7 @@ rule evaluate:
     reference: perplexity with its interval, KL, top-1 agreement, and greedy answers beside the reference's."""
     input:
         model_dir=download_dir("{model}"),
-        weights_dir=weights_dir("{model}", "{quant}"),
+        weights_dir=quant_weights_dir,
         compile_dir=compile_dir("{model}", "host", "{quant}"),
         check_dir=check_dir("{model}", "{quant}"),
         reference_dir=lambda wildcards: reference_dir(wildcards.model),

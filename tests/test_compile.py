@@ -219,11 +219,13 @@ def test_bad_build_settings_are_user_errors(kwargs, match):
         TargetSpec.create(**args)
 
 
-def test_prefill_chunk_is_clamped_to_the_context_window():
-    clamped = TargetSpec.create(quantization="q0f16", target="host", lib_name="ok-model", context_window_size=64,
-                                prefill_chunk_size=128)
-    assert (clamped.context_window_size, clamped.prefill_chunk_size) == (64, 64)
-    assert TargetSpec.from_params(clamped.as_params()) == clamped
+def test_prefill_chunk_beyond_the_context_window_is_refused_not_clamped():
+    with pytest.raises(UserError, match=r"prefill_chunk_size must be between 1 and context_window_size \(64\), got 128"):
+        TargetSpec.create(quantization="q0f16", target="host", lib_name="ok-model", context_window_size=64,
+                          prefill_chunk_size=128)
+    fits = TargetSpec.create(quantization="q0f16", target="host", lib_name="ok-model", context_window_size=64,
+                             prefill_chunk_size=64)
+    assert TargetSpec.from_params(fits.as_params()) == fits
 
 
 # ---------------------------------------------------------------- the MetalMatmul workaround

@@ -16,12 +16,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tvm
 from tvm.runtime import ShapeTuple
 
+import hf2mlc
 from hf2mlc.check import dequantized_reference
 from hf2mlc.compile import compile_model
 from hf2mlc.convert import convert_weights
@@ -31,7 +33,10 @@ from hf2mlc.model.gpt_neox.params import param_specs
 from hf2mlc.quantization import get_quantization
 from hf2mlc.runtime import Engine
 from hf2mlc.spec import TargetSpec
-from tiny_models import load_reference, make_tiny_model, reference_logits
+from hf2mlc.tensor_cache import read_tensor_cache
+from tiny_models import add_char_tokenizer, load_reference, make_tiny_model, reference_logits
+
+DATA = Path(hf2mlc.__file__).with_name("data")
 
 CONTEXT = 32
 CHUNK = 8
@@ -47,6 +52,7 @@ BUILDS = {
     ("line", "q4f16_0", "float16"): 2e-2,  # the write-up's iPhone build
     ("pythia", "q4f16_0", "float32"): 2e-2,
     ("gelu_tanh", "q4f16_1", "float32"): 2e-2,
+    ("line", "q3f16_0", "float16"): 2e-2,  # 3-bit, KN; hidden 64 and ffn 256 leave ragged groups of 40
 }
 
 
@@ -118,6 +124,30 @@ def test_prefill_then_decode_matches_transformers(builds, variant, quantization,
     assert max(errors) <= bound, errors
     assert all(g.dtype == np.float32 and g.shape == (128,) for g in got)
     assert engine.num_tokens == len(PROMPT) + len(CONTINUATION)
+
+
+def test_calibrated_weights_run_on_the_unchanged_library(builds, tmp_path):
+    """A calibrated q3 bundle (AWQ folded into the norms, GPTQ codes, the top code used) on the RTN build's library."""
+    model_dir, _rtn_weights, lib, config = builds.get("line", "q3f16_0", "float16")
+    text = DATA.joinpath("tokenizer_cases_ja.txt").read_text(encoding="utf-8")
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n\n".join(line for line in text.splitlines() if line.startswith('"')), encoding="utf-8")
+    if not (model_dir / "tokenizer.json").exists():
+        add_char_tokenizer(model_dir, [text], config.vocab_size)
+    weights = tmp_path / "weights"
+    stats = convert_weights(model_dir, weights, "q3f16_0", method="awq_gptq", calibration_text=str(calibration),
+                            calibration_tokens=256, ffn_out_dtype="float16", progress=False)
+    assert stats["method"] == "awq_gptq" and stats["calibration"]["tokens"] == 256
+    q = get_quantization("q3f16_0")
+    engine = Engine(lib, weights)
+    want = reference_logits(dequantized_reference(model_dir, weights, "q3f16_0"), PROMPT + CONTINUATION)
+    got = [engine.prefill(PROMPT)] + [engine.decode(t) for t in CONTINUATION]
+    errors = [_rel(g, want[len(PROMPT) - 1 + i]) for i, g in enumerate(got)]
+    print(f"line q3f16_0 awq_gptq: relative errors {['%.2e' % e for e in errors]}")
+    assert max(errors) <= BUILDS[("line", "q3f16_0", "float16")], errors
+    top = (1 << q.bits) - 1
+    words = read_tensor_cache(weights)["gpt_neox.layers.0.mlp.dense_4h_to_h.q_weight"]
+    assert any(((words >> np.uint32(3 * r)) & np.uint32(7) == top).any() for r in range(10))  # code 7 = +4 scale
 
 
 def test_chunked_prefill_and_all_position_logits(builds):

@@ -36,8 +36,9 @@ def tokenizer_dir(model: str, results: str = RESULTS) -> str:
     return f"{results}/tokenizer/{model}"
 
 
-def weights_dir(model: str, quant: str, results: str = RESULTS) -> str:
-    return f"{results}/weights/{model}/{quant}"
+def weights_dir(model: str, quant: str, results: str = RESULTS, *, method: str = "rtn") -> str:
+    """MLC's round-to-nearest (``rtn``) weights keep the plain path; a calibrated method's get ``-<method>``."""
+    return f"{results}/weights/{model}/{quant}" + ("" if method == "rtn" else f"-{method}")
 
 
 def compile_dir(model: str, target: str, quant: str, results: str = RESULTS) -> str:

@@ -3,8 +3,8 @@
 The workflow builds a :class:`TargetSpec` per (model, target, quantization) from the config and the family
 (rules/common.smk), and the same object reaches convert (its :class:`WeightSpec`), compile and — through the
 library's own metadata, which compile writes from it — package. Each value is checked and normalised here
-and nowhere else: the prefill chunk is clamped to the context window (as MLC's ``gen_config`` does) in
-:meth:`TargetSpec.create`. Specs travel through Snakemake as plain dicts (:meth:`as_params`), because a
+and nowhere else: a prefill chunk larger than the context window is refused here (and, with the same
+bound, by hf2mlc.preflight when the DAG is built), not clamped silently as MLC's ``gen_config`` would. Specs travel through Snakemake as plain dicts (:meth:`as_params`), because a
 job's parameters are compared as text to decide reruns and unpickled before the package is importable.
 """
 
@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
-from .quantization import QUANTIZATIONS, Quantization, get_quantization
+from .quantization import (
+    DEFAULT_CALIBRATION_TEXT,
+    DEFAULT_CALIBRATION_TOKENS,
+    METHODS,
+    QUANTIZATIONS,
+    Method,
+    Quantization,
+    get_method,
+    get_quantization,
+)
 
 #: Build targets: this machine's CPU, a Mac (Metal), an iPhone (Metal, system library).
 TARGETS = ("host", "mac", "iphone")
@@ -27,6 +36,9 @@ FFN_OUT_DTYPES = ("float32", "float16")
 DEFAULT_FFN_OUT_DTYPE = FFN_OUT_DTYPES[0]
 #: The Snakemake wildcard pattern of a quantization name: exactly the registry's names.
 QUANTIZATION_PATTERN = "|".join(re.escape(name) for name in QUANTIZATIONS)
+
+#: The pattern of the calibrated methods' part of a weights directory (rtn's directory has none).
+CALIBRATED_METHOD_PATTERN = "|".join(re.escape(m.name) for m in METHODS.values() if m.calibrated)
 
 _LIB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
@@ -85,6 +97,38 @@ class WeightSpec:
 
 
 @dataclass(frozen=True)
+class CalibrationSpec:
+    """How convert chooses codes and scales (the format stays the WeightSpec's): the method, and for
+    calibrated methods the text they run the model over and the evaluation text it must not share."""
+
+    method: Method
+    text: str = DEFAULT_CALIBRATION_TEXT
+    tokens: int = DEFAULT_CALIBRATION_TOKENS
+    evaluation_text: str | None = None
+
+    @classmethod
+    def create(cls, method: str | Method = "rtn", text: str = DEFAULT_CALIBRATION_TEXT,
+               tokens: int = DEFAULT_CALIBRATION_TOKENS, evaluation_text: str | None = None) -> CalibrationSpec:
+        m = method if isinstance(method, Method) else get_method(method)
+        return cls(m, text, tokens, evaluation_text)
+
+    def as_params(self) -> dict[str, Any]:
+        if not self.method.calibrated:
+            return {"method": self.method.name}
+        return {"method": self.method.name, "calibration_text": self.text, "calibration_tokens": self.tokens,
+                "evaluation_text": self.evaluation_text}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> CalibrationSpec:
+        return cls.create(params["method"], params.get("calibration_text", DEFAULT_CALIBRATION_TEXT),
+                          params.get("calibration_tokens", DEFAULT_CALIBRATION_TOKENS), params.get("evaluation_text"))
+
+
+#: MLC's own quantizer: what convert does when a rule names no calibration.
+RTN = CalibrationSpec.create("rtn")
+
+
+@dataclass(frozen=True)
 class TargetSpec:
     """One model library: its target, weights, windows, batch size and name. Build with :meth:`create`."""
 
@@ -128,13 +172,13 @@ class TargetSpec:
         ffn_out_dtype: str = DEFAULT_FFN_OUT_DTYPE,
         max_batch_size: int = 1,
     ) -> TargetSpec:
-        """The spec, with the prefill chunk clamped to the context window (the one place that happens)."""
+        """The spec of one library; invalid values are refused with the setting named (``__post_init__``)."""
         return cls(
             target=target,
             weights=WeightSpec.create(quantization, ffn_out_dtype),
             lib_name=lib_name,
             context_window_size=context_window_size,
-            prefill_chunk_size=min(prefill_chunk_size, context_window_size),
+            prefill_chunk_size=prefill_chunk_size,
             max_batch_size=max_batch_size,
         )
 

@@ -19,7 +19,7 @@ from typing import Any
 from . import layout
 from .errors import UserError
 from .manifest import Stopwatch, atomic_output_dir, read_manifest, write_json, write_manifest
-from .spec import PackageSpec, TargetSpec, WeightSpec
+from .spec import RTN, CalibrationSpec, PackageSpec, TargetSpec, WeightSpec
 
 log = logging.getLogger(__name__)
 #: A path argument, as Snakemake (str) or a caller (Path) gives it.
@@ -83,20 +83,24 @@ def patch(*, model_dir: StrPath, family_file: StrPath, out_dir: StrPath) -> None
         )
 
 
-def convert(*, model_dir: StrPath, out_dir: StrPath, spec: WeightSpec) -> None:
-    """Quantized, sharded weights in MLC's tensor-cache format."""
+def convert(*, model_dir: StrPath, out_dir: StrPath, spec: WeightSpec, calibration: CalibrationSpec = RTN) -> None:
+    """Quantized, sharded weights in MLC's tensor-cache format, codes chosen by ``calibration.method``."""
     from .convert import convert_weights
 
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("convert"):
-            stats = convert_weights(Path(model_dir), tmp, spec.quantization.name, ffn_out_dtype=spec.ffn_out_dtype)
+            stats = convert_weights(
+                Path(model_dir), tmp, spec.quantization.name, ffn_out_dtype=spec.ffn_out_dtype,
+                method=calibration.method.name, calibration_text=calibration.text,
+                calibration_tokens=calibration.tokens, evaluation_text=calibration.evaluation_text,
+            )
         watch.timings["convert_weights"] = float(stats.pop("seconds", 0.0))
         write_manifest(
             tmp,
             stage="convert",
             inputs={"model": model_dir},
-            params=spec.as_params(),
+            params={**spec.as_params(), **calibration.as_params()},
             timings=watch.timings,
             resources={"peak_rss_mb": stats.pop("peak_rss_mb", 0.0)},
             extra={"stats": _json_safe(stats)},
