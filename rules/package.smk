@@ -7,7 +7,7 @@ rule package:
     params:
         settings=package_params,
         versions_log=f"{RESULTS}/versions.jsonl",
-        code=code_version("package.py", "card.py"),
+        code=code_version("package.py", "card.py", "gate.py"),
     log:
         "results/logs/package/{model}/{device}.log",
     benchmark:

@@ -12,7 +12,7 @@ rule upload:
         },
         private=config["upload"]["private"],
         enabled=config["upload"]["enabled"],
-        code=code_version("hub"),
+        code=code_version("hub", "gate.py"),
     log:
         "results/logs/upload/upload.log",
     benchmark:

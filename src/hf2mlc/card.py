@@ -54,9 +54,15 @@ def model_card(
     lib_files: list[str],
     model_lib: str,
     estimated_vram: int,
+    gate_verdict: dict[str, Any] | None = None,
 ) -> str:
     """The README.md text."""
-    front = yaml.safe_dump(_front_matter(settings, source_metadata), allow_unicode=True, sort_keys=False)
+    from .gate import card_section, model_index
+
+    front_matter = _front_matter(settings, source_metadata)
+    if evaluation:
+        front_matter["model-index"] = model_index(settings["model_id"], evaluation, gate_verdict)
+    front = yaml.safe_dump(front_matter, allow_unicode=True, sort_keys=False)
     source = settings["source"]
     origin = (
         f"[{source[5:].split('@')[0]}](https://huggingface.co/{source[5:].split('@')[0]})"
@@ -92,6 +98,8 @@ def model_card(
         "```json\n" + json.dumps(template, indent=2, ensure_ascii=False) + "\n```\n",
         "## Quality after quantization\n",
         (_quality_table(evaluation) if evaluation else "Not measured for this bundle.\n"),
+        "## Quality gate\n",
+        card_section(gate_verdict),
         "## Build settings\n",
         "```json\n" + json.dumps(build_settings, indent=2, ensure_ascii=False, sort_keys=True) + "\n```\n",
         "Libraries: " + ", ".join(f"`lib/{name}`" for name in lib_files) + ". The objects reference `TVMFFI*` "

@@ -10,7 +10,8 @@
       lib/                           # the model library: <lib>.tar (+ libmodel_iphone.a / <lib>.dylib)
       mlc-package-config.json        # the input `mlc_llm package` would take to make the same bundle
       app-config.json                # the older app's form, as the 2023 write-up used it
-      README.md                      # the model card (Hub front matter)
+      README.md                      # the model card (Hub front matter, model-index results)
+      quality-gate.json              # the quality gate's verdict (hf2mlc.gate); upload refuses a failing one
       manifest.json                  # written by the stage: file digests, inputs, parameters, versions
 
 Weights are hard-linked from the weights stage where the file system allows (a 3.6B model's 2 GB are not
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from . import gate
 from .card import model_card
 from .errors import UserError
 from .model.config import GPTNeoXConfig
@@ -171,6 +173,8 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
     conv_template = _read_json(inputs["patch"] / "conv_template.json")
     lib_info = _read_json(inputs["build"] / "lib-info.json")
     evaluation = _read_json(inputs["evaluate"] / "report.json")
+    verdict = gate.verdict(settings.get("quality_gate"), evaluation, f"{inputs['evaluate']}/report.json")
+    gate.write_verdict(out, verdict)
     generation_config: dict[str, Any] = {}
     for name in ("config.json", "generation_config.json"):  # later files win, as in transformers
         path = inputs["model"] / name
@@ -258,6 +262,7 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
         lib_files=lib_files,
         model_lib=model_lib,
         estimated_vram=vram,
+        gate_verdict=verdict,
     )
     (out / "README.md").write_text(card, encoding="utf-8")
 

@@ -207,12 +207,15 @@ def package(*, inputs: dict[str, str], out_dir: str | os.PathLike[str], settings
     with atomic_output_dir(out_dir) as tmp:
         with watch("package"):
             make_package({k: Path(v) for k, v in inputs.items()}, tmp, settings)
+        from .gate import read_verdict
+
         manifest = write_manifest(
             tmp,
             stage="package",
             inputs=inputs,
             params=settings,
             timings=watch.timings,
+            extra={"quality_gate": read_verdict(tmp)},
         )
     if versions_log is not None:
         from .package import record_version
@@ -223,8 +226,11 @@ def package(*, inputs: dict[str, str], out_dir: str | os.PathLike[str], settings
 def upload(*, records: dict[str, dict[str, Any]], enabled: bool, private: bool) -> None:
     """Publish each bundle (record path → {package, repo}); write what was (or would be) sent."""
     from . import hub
+    from .gate import require_pass
     from .package import hub_folder
 
+    for job in records.values():  # every bundle is checked before any is sent
+        require_pass(Path(job["package"]))
     for record_path, job in records.items():
         package_dir = Path(job["package"])
         with hub_folder(package_dir) as folder:
