@@ -91,9 +91,10 @@ def convert(model_dir: Path, out: Path, fmt: str, method: str) -> dict[str, Any]
         if "method" not in parameters:
             raise UserError(f"this checkout's convert_weights has no method parameter; cannot run {method!r}.")
         kwargs["method"] = method
-        for name in ("calibration_text", "calibration_file"):
-            if name in parameters:
-                kwargs[name] = model_dir / quality_model.SPLIT_FILES["calibration"]
+        # The calibration split, checked by the converter to share nothing with the held-out split.
+        kwargs["calibration_text"] = str((model_dir / quality_model.SPLIT_FILES["calibration"]).resolve())
+        if "evaluation_text" in parameters:
+            kwargs["evaluation_text"] = str((model_dir / quality_model.SPLIT_FILES["heldout"]).resolve())
     start = time.perf_counter()
     stats = convert_weights(model_dir, out, fmt, **kwargs)
     stats["seconds"] = round(time.perf_counter() - start, 2)
