@@ -28,6 +28,7 @@ def _merged_model(entry):
         "targets": {},
         "host": {**defaults["host"], **entry.get("host", {})},
         "max_logit_rel_error": defaults["max_logit_rel_error"],
+        "evaluation": {**defaults["evaluation"], **entry.get("evaluation", {})},
     }
     for device in DEVICES:
         merged["targets"][device] = {
@@ -156,6 +157,10 @@ def build_dir(model, target, quant):
     return f"{RESULTS}/build/{model}/{target}-{quant}"
 
 
+def reference_dir(model):
+    return f"{RESULTS}/reference/{model}"
+
+
 def evaluate_dir(model, quant):
     return f"{RESULTS}/evaluate/{model}/{quant}"
 
@@ -223,3 +228,16 @@ def evaluations():
 
 def uploads():
     return [upload_record(m, d) for m in ENABLED for d in config["upload"]["devices"]]
+
+
+def evaluation_text_input(wildcards):
+    """An evaluation text given as a file is an input (editing it reruns the reference); bundled sets are
+    covered by the reference rule's code version."""
+    text = MODELS[wildcards.model]["evaluation"]["text"]
+    return [text] if "/" in text or text.endswith(".txt") else []
+
+
+def reference_templates(wildcards):
+    """The family files whose templates the reference answers under: the model's own and seed-compat."""
+    families = dict.fromkeys([MODELS[wildcards.model]["family"], "seed-compat"])
+    return {name: f"config/families/{name}.yaml" for name in families}

@@ -13,6 +13,7 @@ run_stage(
     model_dir=snakemake.input.model,  # noqa: F821
     weights_dir=snakemake.input.weights,  # noqa: F821
     build_dir=snakemake.input.build,  # noqa: F821
+    reference_dir=snakemake.input.reference,  # noqa: F821
     out_dir=snakemake.output[0],  # noqa: F821
     quantization=snakemake.params.quantization,  # noqa: F821
 )

@@ -12,6 +12,7 @@ Relative error = max |logits - reference| / max |reference|, per position.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch
 import tvm
 from tvm.runtime import ShapeTuple
 
+import hf2mlc
 from hf2mlc.compile import compile_model
 from hf2mlc.convert import convert_weights
 from hf2mlc.errors import UserError
@@ -28,7 +30,9 @@ from hf2mlc.quantization import Quantization, get_quantization
 from hf2mlc.quantization.group import dequantize
 from hf2mlc.runtime import Engine
 from hf2mlc.tensor_cache import read_tensor_cache
-from tiny_models import load_reference, make_tiny_model, reference_logits
+from tiny_models import add_char_tokenizer, load_reference, make_tiny_model, reference_logits
+
+DATA = Path(hf2mlc.__file__).with_name("data")
 
 CONTEXT = 32
 CHUNK = 8
@@ -44,6 +48,7 @@ BUILDS = {
     ("line", "q4f16_0", "float16"): 2e-2,  # the write-up's iPhone build
     ("pythia", "q4f16_0", "float32"): 2e-2,
     ("gelu_tanh", "q4f16_1", "float32"): 2e-2,
+    ("line", "q3f16_0", "float16"): 2e-2,  # 3-bit, KN; hidden 64 and ffn 256 leave ragged groups of 40
 }
 
 
@@ -103,7 +108,7 @@ def _hf_rows(mlc_rows: np.ndarray, num_heads: int) -> np.ndarray:
     return np.ascontiguousarray(mlc_rows.reshape(3, num_heads, head_dim, *shape[1:]).swapaxes(0, 1)).reshape(shape)
 
 
-def _dequantized_reference(model_dir, weights_dir, config: GPTNeoXConfig, q: Quantization):
+def _dequantized_reference(model_dir, weights_dir, config: GPTNeoXConfig, q: Quantization, *, calibrated: bool = False):
     """A float32 transformers model carrying exactly the weights the library reads."""
     cache = read_tensor_cache(weights_dir)
     in_features = {"dense_4h_to_h": config.intermediate_size}
@@ -128,11 +133,14 @@ def _dequantized_reference(model_dir, weights_dir, config: GPTNeoXConfig, q: Qua
             array = _hf_rows(array, config.num_attention_heads)
         state[name] = array
     head = state.pop("embed_out.weight")
-    if config.tie_word_embeddings:  # the library's embed_out is a quantized copy of embed_in: same numbers
+    model = load_reference(model_dir)
+    if config.tie_word_embeddings and calibrated:  # the head was calibrated apart from the embedding: untie
+        model.config.tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(torch.from_numpy(head.copy()))
+    elif config.tie_word_embeddings:  # the library's embed_out is a quantized copy of embed_in: same numbers
         np.testing.assert_array_equal(head, state["gpt_neox.embed_in.weight"])
     else:
         state["lm_head.weight"] = head  # transformers 5 calls GPT-NeoX's embed_out "lm_head"
-    model = load_reference(model_dir)
     missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
     assert not unexpected, unexpected
     assert set(missing) <= {"lm_head.weight"}, missing  # tied: shares embed_in
@@ -159,6 +167,30 @@ def test_prefill_then_decode_matches_transformers(builds, variant, quantization,
     assert max(errors) <= bound, errors
     assert all(g.dtype == np.float32 and g.shape == (128,) for g in got)
     assert engine.num_tokens == len(PROMPT) + len(CONTINUATION)
+
+
+def test_calibrated_weights_run_on_the_unchanged_library(builds, tmp_path):
+    """A calibrated q3 bundle (AWQ folded into the norms, GPTQ codes, the top code used) on the RTN build's library."""
+    model_dir, _rtn_weights, lib, config = builds.get("line", "q3f16_0", "float16")
+    text = DATA.joinpath("tokenizer_cases_ja.txt").read_text(encoding="utf-8")
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("\n\n".join(line for line in text.splitlines() if line.startswith('"')), encoding="utf-8")
+    if not (model_dir / "tokenizer.json").exists():
+        add_char_tokenizer(model_dir, [text], config.vocab_size)
+    weights = tmp_path / "weights"
+    stats = convert_weights(model_dir, weights, "q3f16_0", method="awq_gptq", calibration_text=str(calibration),
+                            calibration_tokens=256, ffn_out_dtype="float16", progress=False)
+    assert stats["method"] == "awq_gptq" and stats["calibration"]["tokens"] == 256
+    q = get_quantization("q3f16_0")
+    engine = Engine(lib, weights)
+    want = reference_logits(_dequantized_reference(model_dir, weights, config, q, calibrated=True), PROMPT + CONTINUATION)
+    got = [engine.prefill(PROMPT)] + [engine.decode(t) for t in CONTINUATION]
+    errors = [_rel(g, want[len(PROMPT) - 1 + i]) for i, g in enumerate(got)]
+    print(f"line q3f16_0 awq_gptq: relative errors {['%.2e' % e for e in errors]}")
+    assert max(errors) <= BUILDS[("line", "q3f16_0", "float16")], errors
+    top = (1 << q.bits) - 1
+    words = read_tensor_cache(weights)["gpt_neox.layers.0.mlp.dense_4h_to_h.q_weight"]
+    assert any(((words >> np.uint32(3 * r)) & np.uint32(7) == top).any() for r in range(10))  # code 7 = +4 scale
 
 
 def test_chunked_prefill_and_all_position_logits(builds):

@@ -134,3 +134,15 @@ def reference_logits(model, token_ids: list[int]):
     with torch.no_grad():
         out = model(torch.tensor([token_ids], dtype=torch.long))
     return out.logits[0].float().numpy()
+
+
+def add_char_tokenizer(model_dir: Path, texts: list[str], vocab_size: int) -> None:
+    """A character-level tokenizer.json (ids 0-2: <unk>, <s>, </s>) over the characters of ``texts``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = sorted(set("".join(texts)))
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(chars[: vocab_size - 3])}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    tokenizer.save(str(Path(model_dir) / "tokenizer.json"))

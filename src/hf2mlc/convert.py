@@ -30,11 +30,22 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
-from .loader.huggingface import HuggingFaceWeights, SourceReader
+from .loader.huggingface import HuggingFaceWeights, SourceReader, reorder_qkv
+from .quantization.calibration import LAYER_LINEARS
 from .manifest import atomic_output_dir
 from .model.config import GPTNeoXConfig
 from .model.params import ParamSpec, param_specs
-from .quantization import Quantization, get_quantization
+from .quantization import Method, Quantization, get_method, get_quantization
+from .quantization.calibration import (
+    DEFAULT_CALIBRATION_TEXT,
+    DEFAULT_CALIBRATION_TOKENS,
+    CalibrationStats,
+    LinearPlan,
+    collect_statistics,
+    load_calibration_text,
+    plan_layer,
+    quantize_planned,
+)
 from .quantization.group import quantize_embedding, quantize_linear, quantize_rows_fast
 from .tensor_cache import TensorCacheWriter
 
@@ -64,10 +75,16 @@ def _jobs(specs: list[ParamSpec], reader: SourceReader) -> list[_Job]:
     return jobs
 
 
-def _compute(job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads: int | None) -> list[tuple[str, np.ndarray]]:
+def _compute(
+    job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads: int | None, calibrated: tuple[Method, LinearPlan | None] | None = None
+) -> list[tuple[str, np.ndarray]]:
     first = job.specs[0]
     if first.transform == "cast":
         return [(first.name, source.astype(first.dtype, copy=False))]
+    if calibrated is not None:
+        method, plan = calibrated
+        q_weight, q_scale = quantize_planned(source, plan, method, q, embedding=first.kind == "embedding")
+        return [(job.specs[0].name, q_weight), (job.specs[1].name, q_scale)]
     if first.kind == "embedding":
         q_weight, q_scale = (
             quantize_rows_fast(source, q, threads=threads) if fast else quantize_embedding(source, q)
@@ -79,6 +96,59 @@ def _compute(job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads
             else quantize_linear(source, q)
         )
     return [(job.specs[0].name, q_weight), (job.specs[1].name, q_scale)]
+
+
+def _module(job: _Job) -> str:
+    """The module a job's tensors belong to, by their MLC name (``embed_out``'s source may be embed_in's)."""
+    return job.specs[0].name.rsplit(".", 1)[0]
+
+
+def _plan_key(module: str) -> int | None:
+    """Which :func:`plan_layer` call covers ``module``: a layer index, -1 for the head, None for embed_in."""
+    if module.startswith("gpt_neox.layers."):
+        return int(module.split(".")[2])
+    if module in ("gpt_neox.final_layer_norm", "embed_out"):
+        return -1
+    return None
+
+
+class _CalibratedLayers:
+    """Serves each job's source after a layer's AWQ folding, with the statistics its quantizer weighs by.
+
+    A whole layer is read and planned when its first tensor is asked for (its LayerNorms come before
+    its linears in the parameter order, but their folded values depend on the linears); only the
+    layer being served is kept.
+    """
+
+    def __init__(self, reader: SourceReader, config: GPTNeoXConfig, stats: CalibrationStats, method: Method, q: Quantization) -> None:
+        self.reader, self.config, self.stats, self.method, self.q = reader, config, stats, method, q
+        self._key: int | None = None
+        self._tensors: dict[str, np.ndarray] = {}
+        self._plans: dict[str, LinearPlan] = {}
+
+    def _names(self, key: int) -> list[str]:
+        if key < 0:
+            return ["gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "embed_out.weight"]
+        p = f"gpt_neox.layers.{key}"
+        names = [f"{p}.{norm}.{suffix}" for norm in ("input_layernorm", "post_attention_layernorm") for suffix in ("weight", "bias")]
+        return names + [f"{p}.{linear}.{suffix}" for linear in LAYER_LINEARS for suffix in ("weight", "bias")]
+
+    def load(self, job: _Job) -> tuple[np.ndarray, tuple[Method, LinearPlan | None]]:
+        module = _module(job)
+        key = _plan_key(module)
+        if key is None:
+            return self.reader.read(job.source, reorder=job.reorder_qkv), (self.method, None)
+        if key != self._key:
+            self._tensors, self._plans = {}, {}  # drop the previous layer first
+            tensors = {name: self.reader.read(name).astype(np.float32) for name in self._names(key)}
+            self._tensors, self._plans = plan_layer(tensors, key, self.stats, self.config, self.method, self.q)
+            self.stats.release(key)
+            self._key = key
+        name = f"{module}.{job.specs[0].name.rsplit('.', 1)[1]}" if job.specs[0].transform == "cast" else f"{module}.weight"
+        array = self._tensors[name]
+        if job.reorder_qkv:
+            array = reorder_qkv(array, self.config.num_attention_heads)
+        return array, (self.method, self._plans.get(module))
 
 
 def _read_ahead(jobs: Iterable[_Job], load: Callable[[_Job], np.ndarray]) -> Iterator[tuple[_Job, np.ndarray]]:
@@ -120,6 +190,10 @@ def convert_weights(
     out_dir: Path,
     quantization: str,
     *,
+    method: str = "rtn",
+    calibration_text: str | Path = DEFAULT_CALIBRATION_TEXT,
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS,
+    evaluation_text: str | None = None,
     ffn_out_dtype: str = "float32",
     shard_cap_mb: int = 32,
     progress: bool = True,
@@ -131,11 +205,20 @@ def convert_weights(
     Stats: ``param_count`` (elements of the source weights, MLC's count), ``tensor_count``,
     ``param_bytes`` (of the converted tensors in their own dtypes), ``bits_per_param``,
     ``bytes_written`` (shard bytes on disk, float32 stored as bf16), ``shards``, ``seconds``,
-    ``peak_rss_mb`` (of the whole process), ``source_format``.
+    ``peak_rss_mb`` (of the whole process), ``source_format``, ``method`` and, for calibrated methods,
+    ``calibration`` (text, its sha256, tokens, windows, seconds of the forward pass).
+
+    ``method`` (:data:`hf2mlc.quantization.METHODS`) chooses the codes and scales; ``rtn`` is MLC's
+    quantizer, byte for byte.  Calibrated methods first run the float32 model over up to
+    ``calibration_tokens`` tokens of ``calibration_text`` (a bundled set's name or a file), which
+    must share no document with ``evaluation_text`` when that is given.
     """
     start = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     q = get_quantization(quantization)
+    chosen = get_method(method)
+    if chosen.calibrated and not q.is_quantized:
+        raise UserError(f"method {chosen.name!r} chooses quantization codes, but {q.name} is not quantized; use method rtn.")
     if ffn_out_dtype not in FFN_OUT_DTYPES:
         raise UserError(f"ffn_out_dtype {ffn_out_dtype!r} is not supported; use one of {', '.join(FFN_OUT_DTYPES)}.")
     if shard_cap_mb < 1:
@@ -144,7 +227,40 @@ def convert_weights(
         raise UserError(f"{out_dir}: the output directory must differ from the model directory.")
     config = GPTNeoXConfig.from_file(model_dir / "config.json")
     specs = param_specs(config, q, ffn_out_dtype=ffn_out_dtype)
+    stats: CalibrationStats | None = None
+    calibration: dict[str, Any] = {}
+    if chosen.calibrated:
+        text = load_calibration_text(model_dir, calibration_text, max_tokens=calibration_tokens, evaluation_text=evaluation_text)
+        stats = collect_statistics(model_dir, text, hessians=chosen.gptq, progress=progress)
+        calibration = {**text.record(), "seconds": round(stats.seconds, 3)}
+    try:
+        result = _convert(model_dir, out_dir, config, specs, q, chosen, stats, progress=progress, fast=fast, threads=threads,
+                          shard_cap_mb=shard_cap_mb)
+    finally:
+        if stats is not None:
+            stats.close()
+    result["method"] = chosen.name
+    if calibration:
+        result["calibration"] = calibration
+    result["seconds"] = round(time.perf_counter() - start, 3)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return result
 
+
+def _convert(
+    model_dir: Path,
+    out_dir: Path,
+    config: GPTNeoXConfig,
+    specs: list[ParamSpec],
+    q: Quantization,
+    method: Method,
+    stats: CalibrationStats | None,
+    *,
+    progress: bool,
+    fast: bool,
+    threads: int | None,
+    shard_cap_mb: int,
+) -> dict[str, Any]:
     with HuggingFaceWeights(model_dir) as weights:
         reader = SourceReader(weights, config)
         jobs = _jobs(specs, reader)
@@ -153,19 +269,23 @@ def convert_weights(
             total=sum(job.nbytes for job in jobs), unit="B", unit_scale=True, unit_divisor=1024,
             desc=f"convert {q.name}", file=sys.stderr, disable=not progress,
         )
-        def load(job: _Job) -> np.ndarray:
-            return reader.read(job.source, reorder=job.reorder_qkv)
+        if stats is not None:
+            load = _CalibratedLayers(reader, config, stats, method, q).load
+        else:
+            def load(job: _Job) -> tuple[np.ndarray, None]:
+                return reader.read(job.source, reorder=job.reorder_qkv), None
 
         with atomic_output_dir(out_dir) as tmp:
             writer = TensorCacheWriter(tmp, shard_cap_mb=shard_cap_mb, encode_format="f32-to-bf16", background=fast)
             sources = _read_ahead(jobs, load) if fast else ((job, load(job)) for job in jobs)
             try:
-                for job, source in sources:
-                    for (name, array), spec in zip(_compute(job, source, q, fast, threads), job.specs, strict=True):
+                for job, (source, calibrated) in sources:
+                    computed = _compute(job, source, q, fast, threads, calibrated)
+                    for (name, array), spec in zip(computed, job.specs, strict=True):
                         if tuple(array.shape) != spec.shape or str(array.dtype) != spec.dtype:
                             raise AssertionError(f"{name}: made {array.shape} {array.dtype}, spec {spec.shape} {spec.dtype}")
                         writer.add(name, array)
-                    del source
+                    del source, computed
                     bar.update(job.nbytes)
                 param_bytes = float(writer.param_bytes)  # MLC sums into a float, so the JSON says "….0"
                 metadata = {
@@ -187,6 +307,4 @@ def convert_weights(
         "bits_per_param": metadata["BitsPerParam"],
         "bytes_written": writer.bytes_written,
         "shards": len(shards),
-        "seconds": round(time.perf_counter() - start, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1),
     }

@@ -170,16 +170,63 @@ def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
         )
 
 
+def reference(
+    *,
+    model_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    family_files: dict[str, str | os.PathLike[str]],
+    text: str,
+    max_tokens: int,
+    max_len: int,
+    prompts: str,
+    answer_tokens: int,
+) -> None:
+    """The float32 reference of the model on its evaluation text and chat prompts (rule reference)."""
+    from . import families
+    from .evaluation_text import chat_prompts, load_evaluation_text, load_prompts, load_tokenizer
+    from .convert import peak_rss_mb
+    from .manifest import input_digest
+    from .reference_cache import build_reference
+
+    model_dir = Path(model_dir)
+    watch = Stopwatch()
+    evaluation_text = load_evaluation_text(model_dir, text, max_tokens=max_tokens, max_len=max_len)
+    templates = {name: families.conv_template(families.load_family(Path(path))) for name, path in family_files.items()}
+    own_family = families.load_family(Path(next(iter(family_files.values()))))
+    messages = [content for role, content in own_family.example_messages if role == "user"]
+    messages += [m for m in load_prompts(prompts) if m not in messages]
+    rendered = chat_prompts(templates, messages, load_tokenizer(model_dir).encode)
+    model_digest = input_digest(model_dir)
+    with atomic_output_dir(out_dir) as tmp:
+        with watch("reference"):
+            summary = build_reference(
+                model_dir, tmp, evaluation_text, rendered, answer_tokens=answer_tokens, model_digest=model_digest
+            )
+        watch.timings.update({f"reference_{k}": v for k, v in summary.pop("seconds").items()})
+        write_manifest(
+            tmp,
+            stage="reference",
+            inputs={"model": model_dir, **{f"family_{name}": path for name, path in family_files.items()}},
+            params={"text": text, "max_tokens": max_tokens, "max_len": max_len, "prompts": prompts,
+                    "answer_tokens": answer_tokens, "templates": sorted(family_files)},
+            timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
+            extra={"text": summary["text"], "model": summary["model"]},
+        )
+
+
 def evaluate(
     *,
     model_dir: str | os.PathLike[str],
     weights_dir: str | os.PathLike[str],
     build_dir: str | os.PathLike[str],
+    reference_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     quantization: str,
 ) -> None:
-    """Perplexity, agreement and KL of the host build against transformers on held-out text."""
+    """Perplexity (with interval), KL, agreement and greedy answers of the host build against the reference."""
     from .evaluate import evaluate_build
+    from .convert import peak_rss_mb
 
     info = json.loads((Path(build_dir) / "lib-info.json").read_text(encoding="utf-8"))
     libs = [name for name in info["files"] if name.endswith(".so")]
@@ -189,13 +236,14 @@ def evaluate(
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
-            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, tmp)
+            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, Path(reference_dir), tmp)
         write_manifest(
             tmp,
             stage="evaluate",
-            inputs={"model": model_dir, "weights": weights_dir, "build": build_dir},
+            inputs={"model": model_dir, "weights": weights_dir, "build": build_dir, "reference": reference_dir},
             params={"quantization": quantization},
             timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
         )
 
 

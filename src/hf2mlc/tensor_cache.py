@@ -307,13 +307,17 @@ def read_tensor_cache(directory: str | Path) -> dict[str, np.ndarray]:
     for shard in index["records"]:
         data = (directory / shard["dataPath"]).read_bytes()
         for rec in shard["records"]:
-            raw = data[rec["byteOffset"] : rec["byteOffset"] + rec["nbytes"]]
-            if rec["format"] == "f32-to-bf16" and rec["dtype"] == "float32":
-                arr = bf16_to_f32(np.frombuffer(raw, dtype=np.uint16))
-            else:
-                arr = np.frombuffer(raw, dtype=np.dtype(rec["dtype"]))
-            out[rec["name"]] = arr.reshape(rec["shape"])
+            out[rec["name"]] = decode_record(data[rec["byteOffset"] : rec["byteOffset"] + rec["nbytes"]], rec)
     return out
+
+
+def decode_record(raw: bytes, rec: dict[str, Any]) -> np.ndarray:
+    """One tensor from its bytes and its tensor-cache.json record (float32 decoded from bf16)."""
+    if rec["format"] == "f32-to-bf16" and rec["dtype"] == "float32":
+        arr = bf16_to_f32(np.frombuffer(raw, dtype=np.uint16))
+    else:
+        arr = np.frombuffer(raw, dtype=np.dtype(rec["dtype"]))
+    return arr.reshape(rec["shape"])
 
 
 def check_library_params(weights_dir: str | Path, params: list[dict[str, Any]], library: str) -> None:

@@ -122,15 +122,62 @@ QUANTIZATIONS: dict[str, Quantization] = {
 }
 
 
-def get_quantization(name: str) -> Quantization:
-    """Look up a scheme by its MLC name; a bad name is a user error listing the valid ones."""
+def _lookup(registry: dict, name: str, what: str, where: str):
+    """``registry[name]``; a bad name is a user error listing the valid ones and where to set it."""
     try:
-        return QUANTIZATIONS[name]
+        return registry[name]
     except (KeyError, TypeError):
-        raise UserError(
-            f"quantization {name!r} is not supported; use one of: {', '.join(QUANTIZATIONS)} "
-            "(set the quantization in config/config.yaml)."
-        ) from None
+        raise UserError(f"{what} {name!r} is not supported; use one of: {', '.join(registry)} ({where}).") from None
 
 
-__all__ = ["QUANTIZATIONS", "Quantization", "get_quantization"]
+def get_quantization(name: str) -> Quantization:
+    """Look up a scheme by its MLC name."""
+    return _lookup(QUANTIZATIONS, name, "quantization", "set the quantization in config/config.yaml")
+
+
+@dataclass(frozen=True)
+class Method:
+    """How codes and scales are chosen; every method writes the same MLC format, so the runtime never knows.
+
+    ``rtn`` is MLC's own round-to-nearest (byte-identical to ``mlc_llm convert_weight``); the others use
+    calibration activations (:mod:`hf2mlc.quantization.calibrated`) and all 2**bits codes.
+    """
+
+    name: str
+    #: Per-group scale search minimising the activation-weighted reconstruction error.
+    scale_search: bool
+    #: AWQ-style per-input-channel scaling, folded exactly into the preceding LayerNorm / value rows.
+    awq: bool
+    #: GPTQ-style error compensation (needs the full XᵀX of every linear's input).
+    gptq: bool
+    summary: str
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scale_search or self.awq or self.gptq
+
+    @property
+    def weights_suffix(self) -> str:
+        """The part of a weights directory name that tells methods apart ("" for rtn: paths unchanged)."""
+        return "" if self.name == "rtn" else f"-{self.name}"
+
+
+#: The methods, in order of cost.
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("rtn", False, False, False, "MLC's round-to-nearest, byte-identical to MLC's quantizer"),
+        Method("scale_search", True, False, False, "per-group scale search, activation-weighted, full code range"),
+        Method("awq", True, True, False, "AWQ per-channel scaling folded into LayerNorm/value rows, then scale search"),
+        Method("gptq", True, False, True, "GPTQ error compensation with searched group scales"),
+        Method("awq_gptq", True, True, True, "AWQ scaling folded in, then GPTQ with searched group scales"),
+    )
+}
+
+
+def get_method(name: str) -> Method:
+    """Look up a quantization method by name."""
+    return _lookup(METHODS, name, "quantization method", "set `method:` beside `quantization:` in config/config.yaml")
+
+
+__all__ = ["METHODS", "QUANTIZATIONS", "Method", "Quantization", "get_method", "get_quantization"]
