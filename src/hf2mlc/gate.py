@@ -10,7 +10,10 @@ refuses a failing one, so a build that lost too much never reaches the Hub.
 The verdict is computed from the evaluation stage's ``report.json`` (:func:`hf2mlc.evaluate.evaluate_build`),
 reading these keys and nothing else (:data:`REPORT_KEYS`): ``reference.perplexity`` and
 ``build.perplexity`` (the increase is derived from both, so it does not depend on how the report rounds
-a delta), ``kl_mean`` and ``top1_agreement``.
+a delta; the same number as the report's paired ``delta_perplexity_pct``, which older reports lack),
+``kl_mean`` and ``top1_agreement``.  Since the streaming reference, ``kl_mean`` is KL over the reference's
+top-k tokens with the rest lumped, a lower bound of the exact KL; the report's ``kl_mean_upper_bound``
+bounds it from above, so a gate on ``max_mean_kl`` is as strict as the report is exact.
 """
 
 from __future__ import annotations
