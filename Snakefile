@@ -1,6 +1,7 @@
 # hf2mlc: Hugging Face GPT-NeoX → MLC LLM bundles for iPhone and Mac.
 #   snakemake --cores 8 iphone_bundle     # results/package/<model>/iphone/
-# The stages: download → patch → build (mac q0f16, iphone q4f16_0, host checks) → tokenizer → package → upload.
+# The stages: download → patch → convert → compile (mac q0f16, iphone q4f16_0, host) → check (host, against
+# transformers; gates the iPhone compile) → evaluate → tokenizer → package → upload.
 
 from snakemake.utils import min_version
 
@@ -15,14 +16,16 @@ include: "rules/common.smk"
 
 wildcard_constraints:
     model="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    target="iphone|mac|host",
-    device="iphone|mac",
-    quant="q[0-9]f(16|32)_[0-9]|q0f(16|32)",
+    target="|".join(TARGETS),
+    device="|".join(DEVICES),
+    quant=QUANTIZATION_PATTERN,
 
 
 include: "rules/download.smk"
 include: "rules/patch.smk"
-include: "rules/build.smk"
+include: "rules/convert.smk"
+include: "rules/compile.smk"
+include: "rules/check.smk"
 include: "rules/tokenizer.smk"
 include: "rules/reference.smk"
 include: "rules/evaluate.smk"
@@ -59,6 +62,6 @@ rule mac_bundle:
 
 
 rule evaluate_all:
-    """Host builds of every quantization against transformers."""
+    """The quality of every quantization a device uses, measured on its checked host library."""
     input:
         evaluations(),

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.synthetic import SCALES, ensure_checkpoint  # noqa: E402
 from hf2mlc.convert import peak_rss_mb  # noqa: E402
 from hf2mlc.loader.huggingface import HuggingFaceWeights, SourceReader  # noqa: E402
-from hf2mlc.model.config import GPTNeoXConfig  # noqa: E402
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig  # noqa: E402
 from hf2mlc.quantization import METHODS, get_quantization  # noqa: E402
 from hf2mlc.quantization.calibration import (  # noqa: E402
     LAYER_LINEARS,

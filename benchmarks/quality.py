@@ -13,7 +13,7 @@ Calibrated methods calibrate on the model's calibration split (disjoint from the
 The interval: every window is scored from an empty context, so windows are the independent units; the
 per-window mean of (build NLL − reference NLL) gives the mean log perplexity ratio and its standard error,
 and the interval is exp(mean ± 1.96·SE) − 1.  Each build is also checked against transformers holding the
-numbers of its own tensor cache, dequantized by numpy (:func:`hf2mlc.evaluate.check_host_build`): that
+numbers of its own tensor cache, dequantized by numpy (:func:`build_check`): that
 the engine loads a calibrated bundle unchanged and computes exactly what its weights say.
 
 The 3.6B stand-in's RTN conversion time and memory come from benchmarks/RESULTS.md (``benchmarks/run.py``),
@@ -52,6 +52,9 @@ QUALITY_MD = REPO / "benchmarks" / "QUALITY.md"
 Z95 = 1.959964
 #: Build-check bound: the workflow's default (config/config.yaml max_logit_rel_error).
 MAX_LOGIT_REL_ERROR = 0.02
+#: The build check's prompt: a prefill of the first held-out tokens, then this many decode steps.
+CHECK_TOKENS = 48
+CHECK_DECODE_STEPS = 4
 
 
 def _progress(message: str) -> None:
@@ -104,16 +107,18 @@ def convert(model_dir: Path, out: Path, fmt: str, method: str) -> dict[str, Any]
 def compile_host(model_dir: Path, out: Path, fmt: str) -> Path:
     """The host library of one format (every method of that format runs on it unchanged)."""
     from hf2mlc.compile import compile_model
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+    from hf2mlc.spec import TargetSpec
 
     lib_name = f"quality-{fmt}-host"
-    lib = out / f"{lib_name}.so"
-    if not lib.is_file():
+    libs = sorted(out.glob("*.so"))
+    if not libs:
         out.mkdir(parents=True, exist_ok=True)
-        compile_model(GPTNeoXConfig.from_file(model_dir), fmt, "host", out, lib_name=lib_name,
-                      context_window_size=quality_model.SEQ_LEN, prefill_chunk_size=quality_model.SEQ_LEN,
-                      progress=False)
-    return lib
+        spec = TargetSpec.create(target="host", quantization=fmt, lib_name=lib_name,
+                                 context_window_size=quality_model.SEQ_LEN, prefill_chunk_size=quality_model.SEQ_LEN)
+        compile_model(GPTNeoXConfig.from_file(model_dir), spec, out, progress=False)
+        libs = sorted(out.glob("*.so"))
+    return libs[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ class Score:
 
 def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows: list) -> dict[str, Any]:
     """Reference perplexity and each build's :class:`Score` over ``windows`` (one reference pass per window)."""
-    from hf2mlc.evaluate import original_reference, transformers_logits
+    from hf2mlc.check import original_reference, transformers_logits
     from hf2mlc.runtime import Engine
 
     engines = {label: Engine(lib, weights) for label, (lib, weights) in builds.items()}
@@ -191,12 +196,23 @@ def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows:
             "builds": {label: score.summary(reference_ppl) for label, score in scores.items()}}
 
 
-def build_check(model_dir: Path, weights: Path, lib: Path, fmt: str) -> float:
-    """Largest relative logit error of the engine vs transformers on the tensor cache's own numbers."""
-    from hf2mlc.evaluate import check_host_build
+def build_check(model_dir: Path, weights: Path, lib: Path, fmt: str, ids: list[int]) -> float:
+    """Largest relative logit error of the engine (a prefill, then decode steps) against transformers holding
+    the numbers of the build's own tensor cache, dequantized by numpy (:func:`hf2mlc.check.dequantized_reference`)."""
+    from hf2mlc.check import dequantized_reference, original_reference, transformers_logits
+    from hf2mlc.quantization import get_quantization
+    from hf2mlc.runtime import Engine
 
-    report = check_host_build(model_dir, weights, lib, fmt, max_rel_error=MAX_LOGIT_REL_ERROR)
-    return float(report["max_rel_error"])
+    ids = ids[:CHECK_TOKENS]
+    engine = Engine(lib, weights)
+    got = [engine.prefill(ids[:-CHECK_DECODE_STEPS])] + [engine.decode(t) for t in ids[-CHECK_DECODE_STEPS:]]
+    del engine
+    quantized = get_quantization(fmt).is_quantized
+    model = dequantized_reference(model_dir, weights, fmt) if quantized else original_reference(model_dir)
+    want = transformers_logits(model, ids)[len(ids) - CHECK_DECODE_STEPS - 1 :]
+    del model
+    gc.collect()
+    return max(float(np.abs(g - w).max() / np.abs(w).max()) for g, w in zip(got, want))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,8 +334,10 @@ training split, byte fallback, nmt_nfkc. Held-out split (never trained or calibr
 characters, {toks['calibration']:,} tokens.
 
 **float32 held-out perplexity: {results['reference_perplexity']:.3f}** (transformers, float32 arithmetic on the
-float16 weights, {results['tokens']:,} tokens in {results['windows']} windows of {quality_model.SEQ_LEN}, each
-from an empty context; before training: {stats['initial_heldout_perplexity']:.0f}; uniform: {stats['recipe']['vocab_size']}).
+float16 weights, {results['tokens']:,} tokens in {results['windows']} windows of {quality_model.SEQ_LEN} evenly spaced
+over the split's {results['all_windows']}, each from an empty context; on all {results['all_windows']} windows, as
+the recipe measured it in torch: {stats['heldout_perplexity_fp32_of_fp16_weights']:.2f}; before training:
+{stats['initial_heldout_perplexity']:.0f}; uniform: {stats['recipe']['vocab_size']}).
 
 ## Every method × format on the held-out split
 
@@ -359,7 +377,7 @@ benchmark wall time {results['total_seconds'] / 60:.1f} min.
 
 
 def run(methods: list[str], formats: list[str], *, work: Path, text: Path | None, max_windows: int | None,
-        check: bool) -> dict[str, Any]:
+        check: bool, fresh: bool = False) -> dict[str, Any]:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     info = machine.describe(REPO, work)
@@ -371,15 +389,25 @@ def run(methods: list[str], formats: list[str], *, work: Path, text: Path | None
     missing += [f"method `{m}`: not in this checkout" for m in methods if m not in known_methods]
     pairs = [(m, f) for m in methods if m in known_methods for f in formats if f in known_formats]
     pairs.append(("none", CONTROL))
+    ids = quality_model.encode_text(_encoder(model_dir), (model_dir / quality_model.SPLIT_FILES["heldout"]).read_text(encoding="utf-8"))
     builds: dict[str, tuple[Path, Path]] = {}
     rows: list[dict[str, Any]] = []
     for method, fmt in pairs:
         label = f"{method}/{fmt}"
         weights = out / "weights" / f"{fmt}-{method}"
+        record_path = out / "weights" / f"{fmt}-{method}.json"
         try:
             lib = compile_host(model_dir, out / "lib" / fmt, fmt)
-            stats_c = convert(model_dir, weights, fmt, "rtn" if method == "none" else method)
-            rel = build_check(model_dir, weights, lib, fmt) if check else float("nan")
+            if weights.is_dir() and record_path.is_file() and not fresh:
+                # A build measured by an earlier run of the same model: its weights and numbers are reused.
+                record = json.loads(record_path.read_text(encoding="utf-8"))
+                stats_c, rel = record["convert"], record["check_max_rel_error"]
+            else:
+                stats_c = convert(model_dir, weights, fmt, "rtn" if method == "none" else method)
+                rel = build_check(model_dir, weights, lib, fmt, ids) if check else float("nan")
+                record_path.write_text(json.dumps({"convert": stats_c, "check_max_rel_error": rel,
+                                                   "commit": info["commit"]}, indent=2, default=str) + "\n",
+                                       encoding="utf-8")
         except Exception as error:  # one failed build must not lose the others' numbers
             missing.append(f"`{method}` `{fmt}`: {type(error).__name__}: {str(error).splitlines()[0][:200]}")
             _progress(f"{label}: FAILED {error}")
@@ -388,22 +416,27 @@ def run(methods: list[str], formats: list[str], *, work: Path, text: Path | None
                   f"build check {rel:.2g}")
         builds[label] = (lib, weights)
         rows.append({"method": method, "format": fmt, "convert_seconds": stats_c["seconds"],
-                     "bits_per_param": stats_c["bits_per_param"], "check_max_rel_error": rel})
-    ids = quality_model.encode_text(_encoder(model_dir), (model_dir / quality_model.SPLIT_FILES["heldout"]).read_text(encoding="utf-8"))
-    windows = quality_model.eval_windows(ids)[:max_windows]
+                     "bits_per_param": stats_c["bits_per_param"], "check_max_rel_error": rel,
+                     "built_at": json.loads(record_path.read_text(encoding="utf-8")).get("commit", "?")})
+    windows = quality_model.eval_windows(ids)
+    all_windows = len(windows)
+    if max_windows is not None and max_windows < all_windows:  # evenly spaced over the whole split
+        windows = [windows[int(i)] for i in np.linspace(0, all_windows - 1, max_windows).round()]
     scored = score_builds(model_dir, builds, windows)
     for row in rows:
         row.update(scored["builds"][f"{row['method']}/{row['format']}"])
     return {"machine": info, "model": stats, "model_dir": str(model_dir), "rows": rows, "missing": missing,
             "reference_perplexity": scored["reference_perplexity"], "tokens": scored["tokens"], "windows": len(windows),
+            "all_windows": all_windows,
             "stand_in": stand_in_rtn_row(), "load_at_end": machine.load(),
             "total_seconds": time.perf_counter() - start}
 
 
 def _encoder(model_dir: Path):
-    from hf2mlc.evaluate import load_encoder
+    """The benchmark model's own SentencePiece tokenizer (quality_model trains it)."""
+    import sentencepiece as spm
 
-    return load_encoder(model_dir)
+    return spm.SentencePieceProcessor(model_file=str(model_dir / "spiece.model")).encode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,19 +445,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--formats", default=",".join(FORMATS))
     parser.add_argument("--work", type=Path, default=quality_model.default_work())
     parser.add_argument("--text", type=Path, default=None, help=f"path of {quality_model.TEXT_NAME}")
-    parser.add_argument("--max-windows", type=int, default=None, help="score only the first N held-out windows")
+    parser.add_argument("--max-windows", type=int, default=None,
+                        help="score N held-out windows evenly spaced over the split (default: all)")
     parser.add_argument("--no-check", action="store_true", help="skip the per-build check against transformers")
+    parser.add_argument("--fresh", action="store_true",
+                        help="convert and check every build again (default: reuse builds an earlier run recorded)")
     parser.add_argument("--results", type=Path, default=None,
                         help="markdown output (default: benchmarks/QUALITY.md for a full run, else benchmarks/work/)")
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else available_methods()
     try:
         results = run(methods, args.formats.split(","), work=args.work, text=args.text,
-                      max_windows=args.max_windows, check=not args.no_check)
+                      max_windows=args.max_windows, check=not args.no_check, fresh=args.fresh)
     except UserError as error:
         print(f"hf2mlc: {error}", file=sys.stderr)
         return 2
-    full = args.max_windows is None and args.methods is None and args.formats == ",".join(FORMATS)
+    full = args.methods is None and args.formats == ",".join(FORMATS)
     target = args.results or (QUALITY_MD if full else args.work / "QUALITY-partial.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     (args.work / "quality-results.json").write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")

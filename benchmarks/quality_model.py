@@ -46,7 +46,7 @@ if str(REPO / "src") not in sys.path:
 
 from hf2mlc import demo  # noqa: E402
 from hf2mlc.errors import UserError  # noqa: E402
-from hf2mlc.manifest import atomic_output_dir, sha256_bytes, write_json  # noqa: E402
+from hf2mlc.manifest import atomic_output_dir, write_json  # noqa: E402
 
 TEXT_NAME = "wagahaiwa_nekodearu.txt"
 #: Where the shared data lives relative to a checkout (../shared) or any folder above it.
@@ -290,7 +290,7 @@ def recipe_digest(text_path: Path) -> str:
     recipe = {**RECIPE, "text_sha256": hashlib.sha256(text_path.read_bytes()).hexdigest(),
               "torch": importlib.metadata.version("torch"),
               "sentencepiece": importlib.metadata.version("sentencepiece")}
-    return sha256_bytes(json.dumps(recipe, sort_keys=True).encode())[:12]
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def default_work() -> Path:

@@ -51,7 +51,7 @@ GENERATOR_VERSION = 1
 HUB_MAX_SHARD_BYTES = 5 * 10**9
 _CHUNK_ELEMS = 1 << 20
 
-#: LINE's japanese-large-lm-3.6b shape (../shared/reference/line-model.md) and smaller variants of it.
+#: LINE's japanese-large-lm-3.6b shape (its config.json on the Hub) and smaller variants of it.
 SCALES: dict[str, dict[str, int]] = {
     # The real thing: 3.6B parameters, 7.2 GB of float16.
     "full": {"hidden_size": 3072, "num_attention_heads": 32, "num_hidden_layers": 30, "intermediate_size": 12288,

@@ -112,15 +112,17 @@ def task_cached_digests(args: dict[str, Any]) -> dict[str, Any]:
 
 def task_compile(args: dict[str, Any]) -> dict[str, Any]:
     from hf2mlc.compile import compile_model
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+    from hf2mlc.spec import TargetSpec
 
     config = GPTNeoXConfig.from_file(Path(args["model_dir"]) / "config.json")
-    start = time.perf_counter()
-    info = compile_model(
-        config, args["quantization"], args["target"], Path(args["out_dir"]),
-        lib_name=args["lib_name"], context_window_size=args["context_window_size"],
-        prefill_chunk_size=args["prefill_chunk_size"], ffn_out_dtype=args["ffn_out_dtype"],
+    spec = TargetSpec.create(
+        target=args["target"], quantization=args["quantization"], lib_name=args["lib_name"],
+        context_window_size=args["context_window_size"], prefill_chunk_size=args["prefill_chunk_size"],
+        ffn_out_dtype=args["ffn_out_dtype"],
     )
+    start = time.perf_counter()
+    info = compile_model(config, spec, Path(args["out_dir"]))
     seconds = time.perf_counter() - start
     files = {name: (Path(args["out_dir"]) / name).stat().st_size for name in info["files"]}
     return {"call_seconds": seconds, "seconds": info["seconds"], "files": files, "kernels": info["kernels"]}

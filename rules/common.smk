@@ -1,19 +1,51 @@
-# Config helpers, output paths and version inputs shared by every rule. The rules stay thin; all logic
-# about *which* files a job needs lives here, all logic about *how* to make them lives in src/hf2mlc/.
+# Config helpers and version inputs shared by every rule. The rules stay thin; all logic about *which*
+# files a job needs lives here, all logic about *how* to make them (and every path and name) in src/hf2mlc/.
 
-import hashlib
-import re
+import functools
+import os
+import sys
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
+
+WORKFLOW_DIR = Path(workflow.basedir)
+# This checkout's hf2mlc, whatever is installed: the DAG is built by the same code the jobs run.
+sys.path.insert(0, str(WORKFLOW_DIR / "src"))
+
+from hf2mlc.closure import code_digest
+from hf2mlc.evaluation_text import bundled_file, names_a_file
+from hf2mlc.families import load_family
+from hf2mlc.layout import (
+    benchmark_file,
+    check_dir,
+    compile_dir,
+    download_dir,
+    evaluate_dir,
+    reference_answers_dir,
+    reference_dir,
+    log_file,
+    package_dir,
+    patch_dir,
+    tokenizer_dir,
+    upload_record,
+    versions_log,
+    weights_dir,
+)
+from hf2mlc.spec import (
+    DEFAULT_FFN_OUT_DTYPE,
+    DEVICES,
+    QUANTIZATION_PATTERN,
+    TARGETS,
+    PackageSpec,
+    TargetSpec,
+    WeightSpec,
+    mlc_model_id,
+    model_lib_name,
+)
 
 validate(config, schema="../config/schema.yaml")
 
-DEVICES = ("iphone", "mac")
-RESULTS = "results"
-FAMILIES_DIR = Path(workflow.basedir) / "config" / "families"
-PACKAGE_SRC = Path(workflow.basedir) / "src" / "hf2mlc"
+FAMILIES_DIR = WORKFLOW_DIR / "config" / "families"
 
 
 def _merged_model(entry):
@@ -60,10 +92,6 @@ MODELS = {entry["id"]: _merged_model(entry) for entry in config["models"]}
 ENABLED = [m for m, spec in MODELS.items() if spec["enabled"]]
 
 
-def model_spec(wildcards):
-    return MODELS[wildcards.model]
-
-
 def device_quant(model, device):
     return MODELS[model]["targets"][device]["quantization"]
 
@@ -73,22 +101,17 @@ def host_quants(model):
     return sorted({device_quant(model, d) for d in DEVICES})
 
 
-def target_settings(wildcards):
-    """Context window and prefill chunk of one build target."""
-    spec = MODELS[wildcards.model]
-    settings = spec["host"] if wildcards.target == "host" else spec["targets"][wildcards.target]
-    return {
-        "context_window_size": settings["context_window_size"],
-        "prefill_chunk_size": settings["prefill_chunk_size"],
-    }
-
-
 def local_source(wildcards):
-    """A local checkpoint directory is an input, so editing it reruns the download stage."""
+    """Every file of a local checkpoint directory is an input: replacing one in place (its mtime changes,
+    the directory's does not) or adding or removing one reruns the download stage and what follows."""
     source = MODELS[wildcards.model]["source"]
     if source == "demo" or source.startswith("hf://"):
         return []
-    return [source]
+    root = Path(source)
+    if not root.is_dir():
+        return [source]  # Snakemake reports it missing, by its name
+    # The files the download stage selects from (hf2mlc.hub reads the directory's top level).
+    return sorted(str(p) for p in root.iterdir() if p.is_file())
 
 
 def family_file(wildcards):
@@ -96,119 +119,83 @@ def family_file(wildcards):
     return f"config/families/{MODELS[wildcards.model]['family']}.yaml"
 
 
+@functools.cache
 def family_overrides(model):
-    """The family's dtype overrides: they change the weights, so they are build parameters (not files),
-    and editing a template elsewhere in the same YAML does not rerun the builds."""
-    path = FAMILIES_DIR / f"{MODELS[model]['family']}.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return dict(sorted((data.get("overrides") or {}).items()))
+    """The family's dtype overrides, read by the validated loader: they change the weights, so they are
+    build parameters (not files), and editing a template elsewhere in the same YAML does not rerun builds."""
+    return load_family(FAMILIES_DIR / f"{MODELS[model]['family']}.yaml").overrides
 
 
-def ffn_out_dtype(wildcards):
-    return family_overrides(wildcards.model).get("ffn_out_dtype", "float32")
+def ffn_out_dtype(model):
+    return family_overrides(model).get("ffn_out_dtype", DEFAULT_FFN_OUT_DTYPE)
 
 
-def mlc_model_id(model, quant):
-    """MLC's naming: <name>-<quantization>-MLC, as in mlc-ai's own Hub repos."""
-    return f"{MODELS[model]['name']}-{quant}-MLC"
+def weight_spec(wildcards):
+    """What convert makes: the quantization and the family's ffn_out_dtype."""
+    return WeightSpec.create(wildcards.quant, ffn_out_dtype(wildcards.model)).as_params()
 
 
-def model_lib_name(model, quant, target):
-    """The model library's name: the MLC model id and target, with characters a C symbol prefix cannot
-    hold (the iPhone system library's) replaced, e.g. japanese-large-lm-3_6b-…-q4f16_0-MLC-iphone."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"{mlc_model_id(model, quant)}-{target}")
+def target_spec(model, target, quant):
+    """The one typed spec of a library (hf2mlc.spec): windows, weights and name, decided here once."""
+    spec = MODELS[model]
+    settings = spec["host"] if target == "host" else spec["targets"][target]
+    return TargetSpec.create(
+        target=target,
+        quantization=quant,
+        lib_name=model_lib_name(spec["name"], quant, target),
+        context_window_size=settings["context_window_size"],
+        prefill_chunk_size=settings["prefill_chunk_size"],
+        ffn_out_dtype=ffn_out_dtype(model),
+    )
 
 
-def code_version(*relpaths):
-    """Digest of the library code a job runs, as a parameter: editing that code reruns the job
-    (Snakemake tracks the rule's own script, not the package it imports)."""
-    digest = hashlib.sha256()
-    for rel in relpaths:
-        root = PACKAGE_SRC / rel
-        if not root.exists():
-            raise ValueError(f"code_version: src/hf2mlc/{rel} does not exist; fix the path in rules/.")
-        files = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for path in files:
-            if not path.is_file() or path.suffix == ".pyc":
-                continue
-            digest.update(path.relative_to(PACKAGE_SRC).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+def compile_spec(wildcards):
+    return target_spec(wildcards.model, wildcards.target, wildcards.quant).as_params()
 
 
-# ---- output paths: one place, so rules and targets agree ----
-def download_dir(model):
-    return f"{RESULTS}/download/{model}"
+def code_version(stage):
+    """Digest of the code rule ``stage`` runs (its script and the import closure inside src/hf2mlc,
+    computed from the code: hf2mlc.closure), as a parameter: editing that code reruns the job (Snakemake
+    tracks the rule's own script, not the package it imports)."""
+    return code_digest(stage, WORKFLOW_DIR)
 
 
-def patch_dir(model):
-    return f"{RESULTS}/patch/{model}"
-
-
-def tokenizer_dir(model):
-    return f"{RESULTS}/tokenizer/{model}"
-
-
-def weights_dir(model, quant):
-    return f"{RESULTS}/weights/{model}/{quant}"
-
-
-def build_dir(model, target, quant):
-    return f"{RESULTS}/build/{model}/{target}-{quant}"
-
-
-def reference_dir(model):
-    return f"{RESULTS}/reference/{model}"
-
-
-def evaluate_dir(model, quant):
-    return f"{RESULTS}/evaluate/{model}/{quant}"
-
-
-def package_dir(model, device):
-    return f"{RESULTS}/package/{model}/{device}"
-
-
-def upload_record(model, device):
-    return f"{RESULTS}/upload/{model}/{device}.json"
-
-
-def build_gate(wildcards):
-    """The iPhone build starts only after the unquantized Mac build and its host twin passed their checks,
-    as the write-up checked the Mac build first."""
+def compile_gate(wildcards):
+    """The iPhone compile starts only after the unquantized Mac library is built and its host twin passed
+    the check against transformers, as the write-up checked the Mac build first."""
     if wildcards.target != "iphone":
         return []
     mac_quant = device_quant(wildcards.model, "mac")
     return [
-        build_dir(wildcards.model, "mac", mac_quant),
-        build_dir(wildcards.model, "host", mac_quant),
+        compile_dir(wildcards.model, "mac", mac_quant),
+        check_dir(wildcards.model, mac_quant),
     ]
 
 
 def package_inputs(wildcards):
     quant = device_quant(wildcards.model, wildcards.device)
     return {
-        "model": download_dir(wildcards.model),
-        "patch": patch_dir(wildcards.model),
-        "tokenizer": tokenizer_dir(wildcards.model),
-        "weights": weights_dir(wildcards.model, quant),
-        "build": build_dir(wildcards.model, wildcards.device, quant),
-        "evaluate": evaluate_dir(wildcards.model, quant),
+        "model_dir": download_dir(wildcards.model),
+        "patch_dir": patch_dir(wildcards.model),
+        "tokenizer_dir": tokenizer_dir(wildcards.model),
+        "weights_dir": weights_dir(wildcards.model, quant),
+        "compile_dir": compile_dir(wildcards.model, wildcards.device, quant),
+        "evaluate_dir": evaluate_dir(wildcards.model, quant),
     }
 
 
-def package_params(wildcards):
+def package_spec(wildcards):
     spec = MODELS[wildcards.model]
     quant = device_quant(wildcards.model, wildcards.device)
-    return {
-        "device": wildcards.device,
-        "model_id": mlc_model_id(wildcards.model, quant),
-        "name": spec["name"],
-        "source": spec["source"],
-        "family": spec["family"],
-        "quantization": quant,
-        **spec["targets"][wildcards.device],
-    }
+    return PackageSpec(
+        device=wildcards.device,
+        model_id=mlc_model_id(spec["name"], quant),
+        name=spec["name"],
+        source=spec["source"],
+        family=spec["family"],
+        quantization=quant,
+        quality_gate=spec["targets"][wildcards.device].get("quality_gate"),
+    ).as_params()
 
 
 def upload_repo(model, device):
@@ -230,14 +217,20 @@ def uploads():
     return [upload_record(m, d) for m in ENABLED for d in config["upload"]["devices"]]
 
 
-def evaluation_text_input(wildcards):
-    """An evaluation text given as a file is an input (editing it reruns the reference); bundled sets are
-    covered by the reference rule's code version."""
-    text = MODELS[wildcards.model]["evaluation"]["text"]
-    return [text] if "/" in text or text.endswith(".txt") else []
+def setting_file(value):
+    """The file an evaluation text or prompt list setting names, a file path or a bundled set
+    (src/hf2mlc/data/<name>.txt), as a watched input: editing it reruns the jobs that read it. (Code
+    digests cannot cover it: config, not code, names it.) demo_heldout is part of the download."""
+    if names_a_file(value):
+        return [value]
+    bundled = bundled_file(value)
+    if bundled is None:
+        return []
+    return [os.path.relpath(bundled, WORKFLOW_DIR)]
 
 
 def reference_templates(wildcards):
-    """The family files whose templates the reference answers under: the model's own and seed-compat."""
+    """The family files whose templates the reference answers under: the model's own first, then seed-compat
+    (the 2023 write-up's), so that template errors are told apart from quantization errors."""
     families = dict.fromkeys([MODELS[wildcards.model]["family"], "seed-compat"])
-    return {name: f"config/families/{name}.yaml" for name in families}
+    return [f"config/families/{name}.yaml" for name in families]

@@ -6,11 +6,11 @@ rule download:
         directory(download_dir("{model}")),
     params:
         source=lambda wildcards: MODELS[wildcards.model]["source"],
-        code=code_version("hub", "demo.py", "demo_corpus.py"),
+        code=code_version("download"),
     log:
-        "results/logs/download/{model}.log",
+        log_file("download", "{model}"),
     benchmark:
-        "results/benchmarks/download/{model}.tsv"
+        benchmark_file("download", "{model}")
     conda:
         "../envs/download.yaml"
     script:

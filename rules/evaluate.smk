@@ -1,21 +1,23 @@
 rule evaluate:
-    """What quantization cost: the host build of one quantization against the stored float32 reference:
-    perplexity with its interval, KL, top-1 agreement, and greedy answers beside the reference's."""
+    """What quantization cost: the (checked) host library of one quantization against the stored float32
+    reference: perplexity with its interval, KL, top-1 agreement, and greedy answers beside the reference's."""
     input:
-        model=download_dir("{model}"),
-        weights=weights_dir("{model}", "{quant}"),
-        build=lambda wildcards: build_dir(wildcards.model, "host", wildcards.quant),
-        reference=lambda wildcards: reference_dir(wildcards.model),
+        model_dir=download_dir("{model}"),
+        weights_dir=weights_dir("{model}", "{quant}"),
+        compile_dir=compile_dir("{model}", "host", "{quant}"),
+        check_dir=check_dir("{model}", "{quant}"),
+        reference_dir=lambda wildcards: reference_dir(wildcards.model),
+        answers_dir=lambda wildcards: reference_answers_dir(wildcards.model),
     output:
         directory(evaluate_dir("{model}", "{quant}")),
     params:
         quantization="{quant}",
-        code=code_version("evaluate.py", "evaluation_text.py", "reference_cache.py", "runtime.py"),
+        code=code_version("evaluate"),
     threads: 2
     log:
-        "results/logs/evaluate/{model}/{quant}.log",
+        log_file("evaluate", "{model}/{quant}"),
     benchmark:
-        "results/benchmarks/evaluate/{model}/{quant}.tsv"
+        benchmark_file("evaluate", "{model}/{quant}")
     conda:
         "../envs/build.yaml"
     script:

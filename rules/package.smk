@@ -5,13 +5,13 @@ rule package:
     output:
         directory(package_dir("{model}", "{device}")),
     params:
-        settings=package_params,
-        versions_log=f"{RESULTS}/versions.jsonl",
-        code=code_version("package.py", "card.py", "gate.py"),
+        spec=package_spec,
+        versions_log=versions_log(),
+        code=code_version("package"),
     log:
-        "results/logs/package/{model}/{device}.log",
+        log_file("package", "{model}/{device}"),
     benchmark:
-        "results/benchmarks/package/{model}/{device}.tsv"
+        benchmark_file("package", "{model}/{device}")
     conda:
         "../envs/package.yaml"
     script:

@@ -2,17 +2,16 @@ rule patch:
     """The model family's conversation template, stop tokens and dtype overrides, validated against the
     model's own tokenizer: what the write-up patched into MLC LLM's source, as configuration."""
     input:
-        model=download_dir("{model}"),
-        family=family_file,
+        model_dir=download_dir("{model}"),
+        family_file=family_file,
     output:
         directory(patch_dir("{model}")),
     params:
-        family=lambda wildcards: MODELS[wildcards.model]["family"],
-        code=code_version("families.py"),
+        code=code_version("patch"),
     log:
-        "results/logs/patch/{model}.log",
+        log_file("patch", "{model}"),
     benchmark:
-        "results/benchmarks/patch/{model}.tsv"
+        benchmark_file("patch", "{model}")
     conda:
         "../envs/patch.yaml"
     script:

@@ -1,15 +1,15 @@
 rule tokenizer:
     """spiece.model → tokenizer.json, proved equal to SentencePiece on the project's Japanese test set."""
     input:
-        model=download_dir("{model}"),
+        model_dir=download_dir("{model}"),
     output:
         directory(tokenizer_dir("{model}")),
     params:
-        code=code_version("tokenizer.py", "data"),
+        code=code_version("tokenizer"),
     log:
-        "results/logs/tokenizer/{model}.log",
+        log_file("tokenizer", "{model}"),
     benchmark:
-        "results/benchmarks/tokenizer/{model}.tsv"
+        benchmark_file("tokenizer", "{model}")
     conda:
         "../envs/tokenizer.yaml"
     script:

@@ -12,11 +12,11 @@ rule upload:
         },
         private=config["upload"]["private"],
         enabled=config["upload"]["enabled"],
-        code=code_version("hub", "gate.py"),
+        code=code_version("upload"),
     log:
-        "results/logs/upload/upload.log",
+        log_file("upload", "upload"),
     benchmark:
-        "results/benchmarks/upload/upload.tsv"
+        benchmark_file("upload", "upload")
     conda:
         "../envs/upload.yaml"
     script:

@@ -1,17 +1,5 @@
-"""Snakemake entry point of rule convert (rules/build.smk)."""
+"""Snakemake entry point of rule convert (rules/convert.smk): hf2mlc.stages.convert through the one adapter."""
 
-import sys
+from _adapter import run
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # noqa: F821  (run this checkout's hf2mlc, in any env)
-
-from hf2mlc import stages  # noqa: E402
-from hf2mlc.snakemake_script import run_stage  # noqa: E402
-
-run_stage(
-    snakemake,  # noqa: F821
-    stages.convert,
-    model_dir=snakemake.input.model,  # noqa: F821
-    out_dir=snakemake.output[0],  # noqa: F821
-    quantization=snakemake.params.quantization,  # noqa: F821
-    ffn_out_dtype=snakemake.params.ffn_out_dtype,  # noqa: F821
-)
+run("convert")

@@ -1,10 +1,5 @@
-"""Snakemake entry point of rule tokenizer (rules/tokenizer.smk)."""
+"""Snakemake entry point of rule tokenizer (rules/tokenizer.smk): hf2mlc.stages.tokenizer through the one adapter."""
 
-import sys
+from _adapter import run
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../src")  # noqa: F821  (run this checkout's hf2mlc, in any env)
-
-from hf2mlc import stages  # noqa: E402
-from hf2mlc.snakemake_script import run_stage  # noqa: E402
-
-run_stage(snakemake, stages.tokenizer, model_dir=snakemake.input.model, out_dir=snakemake.output[0])  # noqa: F821
+run("tokenizer")

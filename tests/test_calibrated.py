@@ -25,7 +25,7 @@ import hf2mlc
 from hf2mlc.convert import convert_weights
 from hf2mlc.errors import UserError
 from hf2mlc.evaluation_text import load_tokenizer
-from hf2mlc.model.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.quantization import METHODS, get_method, get_quantization
 from hf2mlc.quantization.calibrated import (
     awq_scales,

@@ -19,10 +19,12 @@ from pathlib import Path
 import pytest
 
 from hf2mlc import compile as compile_mod
-from hf2mlc.compile import BuildError, compile_model, system_lib_prefix
+from hf2mlc.compile import BuildError, compile_model
 from hf2mlc.compiler_pass import metal_kernel_names
 from hf2mlc.errors import UserError
-from hf2mlc.model.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.quantization import get_quantization
+from hf2mlc.spec import TargetSpec, system_lib_prefix
 
 CONFIG = GPTNeoXConfig(
     hidden_size=64,
@@ -34,6 +36,10 @@ CONFIG = GPTNeoXConfig(
     tie_word_embeddings=True,
 )
 KW = {"context_window_size": 64, "prefill_chunk_size": 16}
+
+
+def spec(quantization: str, target: str, lib_name: str, **kw) -> TargetSpec:
+    return TargetSpec.create(target=target, quantization=quantization, lib_name=lib_name, **{**KW, **kw})
 
 MH_MAGIC_64 = 0xFEEDFACF
 CPU_TYPE_ARM64 = 0x0100000C
@@ -63,13 +69,13 @@ def _tar_members(path: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def iphone(tmp_path_factory):
     out = tmp_path_factory.mktemp("iphone")
-    return out, compile_model(CONFIG, "q4f16_0", "iphone", out, lib_name="tiny-neox-q4f16_0", progress=False, **KW)
+    return out, compile_model(CONFIG, spec("q4f16_0", "iphone", "tiny-neox-q4f16_0"), out, progress=False)
 
 
 @pytest.fixture(scope="module")
 def mac(tmp_path_factory):
     out = tmp_path_factory.mktemp("mac")
-    return out, compile_model(CONFIG, "q0f16", "mac", out, lib_name="tiny-neox-q0f16", progress=False, **KW)
+    return out, compile_model(CONFIG, spec("q0f16", "mac", "tiny-neox-q0f16"), out, progress=False)
 
 
 def test_iphone_tar_holds_ios_arm64_objects_with_prefix_and_metal_kernels(iphone):
@@ -143,7 +149,7 @@ def test_apple_exports_are_reproducible(mac, iphone, tmp_path):
     dylib = next(mac[0].glob("*.dylib")).read_bytes()
     assert b"@rpath/tiny-neox-q0f16.dylib" in dylib
     assert str(mac[0]).encode() not in dylib and b"/tmp/" not in dylib
-    again = compile_model(CONFIG, "q0f16", "mac", tmp_path, lib_name="tiny-neox-q0f16", progress=False, **KW)
+    again = compile_model(CONFIG, spec("q0f16", "mac", "tiny-neox-q0f16"), tmp_path, progress=False)
     for name in again["files"]:
         assert (tmp_path / name).read_bytes() == (mac[0] / name).read_bytes(), name
 
@@ -164,7 +170,7 @@ def test_gpu_build_without_schedules_fails_loudly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "_schedule", lambda target: tvm.transform.Sequential([]))
     with pytest.raises(BuildError, match=r"got no GPU schedule and would run on the CPU"):
-        compile_model(CONFIG, "q0f16", "iphone", tmp_path, lib_name="unscheduled", progress=False, **KW)
+        compile_model(CONFIG, spec("q0f16", "iphone", "unscheduled"), tmp_path, progress=False)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
@@ -177,8 +183,9 @@ def test_host_build_schedules_every_matmul(quantization):
     from hf2mlc.compile import _lower, export_model, make_target
 
     target = make_target("host")
-    mod, metadata = export_model(CONFIG, quantization, target=target, **KW)
-    lowered, _ = _lower(mod, target, metadata, {"seq_len": 16, "total_seq_len": 64, "batch_size": 1}, CONFIG, quantization)
+    q = get_quantization(quantization)
+    mod, metadata = export_model(CONFIG, q, target=target, **KW)
+    lowered, _ = _lower(mod, target, metadata, {"seq_len": 16, "total_seq_len": 64, "batch_size": 1}, CONFIG, q)
     matmuls = {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "matmul" in g.name_hint}
     assert len(matmuls) >= 10
     unscheduled = [name for name, f in matmuls.items() if not f.attrs.get("tirx.is_scheduled", False)]
@@ -194,17 +201,23 @@ def test_host_build_schedules_every_matmul(quantization):
         ({"lib_name": "9lives"}, r"model library name '9lives'"),
         ({"lib_name": "a b"}, r"model library name 'a b'"),
         ({"lib_name": "x-ios"}, r"model library name 'x-ios' is too short"),
-        ({"prefill_chunk_size": 128}, r"prefill_chunk_size must be between 1 and context_window_size \(64\)"),
+        ({"prefill_chunk_size": 0}, r"prefill_chunk_size must be between 1 and context_window_size \(64\)"),
         ({"context_window_size": 0}, r"context_window_size must be positive"),
         ({"ffn_out_dtype": "bfloat16"}, r"ffn_out_dtype must be one of"),
         ({"quantization": "q4f16"}, r"quantization 'q4f16' is not supported"),
     ],
 )
-def test_bad_build_settings_are_user_errors(tmp_path, kwargs, match):
+def test_bad_build_settings_are_user_errors(kwargs, match):
     args = {"quantization": "q0f16", "target": "host", "lib_name": "ok-model", **KW, **kwargs}
-    quantization, target = args.pop("quantization"), args.pop("target")
     with pytest.raises(UserError, match=match):
-        compile_model(CONFIG, quantization, target, tmp_path, **args)
+        TargetSpec.create(**args)
+
+
+def test_prefill_chunk_is_clamped_to_the_context_window():
+    clamped = TargetSpec.create(quantization="q0f16", target="host", lib_name="ok-model", context_window_size=64,
+                                prefill_chunk_size=128)
+    assert (clamped.context_window_size, clamped.prefill_chunk_size) == (64, 64)
+    assert TargetSpec.from_params(clamped.as_params()) == clamped
 
 
 # ---------------------------------------------------------------- the MetalMatmul workaround

@@ -22,8 +22,8 @@ import pytest
 
 from hf2mlc.convert import convert_weights
 from hf2mlc.errors import UserError
-from hf2mlc.model.config import GPTNeoXConfig
-from hf2mlc.model.params import param_specs
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.params import param_specs
 from hf2mlc.quantization import get_quantization
 from hf2mlc.quantization.group import quantize_embedding, quantize_linear
 

@@ -35,7 +35,7 @@ from hf2mlc.demo_corpus import (  # noqa: E402
     write_dialogues,
 )
 from hf2mlc.errors import UserError  # noqa: E402
-from hf2mlc.model.config import GPTNeoXConfig  # noqa: E402
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig  # noqa: E402
 
 #: LINE japanese-large-lm-3.6b(-instruction-sft) config.json values the demo must share (line-model.md).
 LINE_OPTIONS = {
@@ -72,17 +72,10 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def demo_build(one_torch_thread, tmp_path_factory):
-    """Build the demo once; also record that the build left torch's global settings as it found them."""
-    torch.set_num_threads(2)  # differs from the build's own setting, so that restoring it is visible
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.random.get_rng_state())
-    out = tmp_path_factory.mktemp("demo") / "model"
-    try:
-        stats = demo.make_demo_model(out, seed=0)
-        after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.random.get_rng_state())
-    finally:
-        torch.set_num_threads(1)
-    return out, stats, before, after
+def demo_build(one_torch_thread, demo_model_build):
+    """The session's demo build (tests/conftest.py), with torch's global settings before and after it."""
+    b = demo_model_build
+    return b["dir"], b["stats"], b["before"], b["after"]
 
 
 @pytest.fixture(scope="module")
@@ -501,10 +494,10 @@ def test_output_path_is_a_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_builds_are_byte_identical(demo_dir, tmp_path):
-    second = tmp_path / "again"
-    demo.make_demo_model(second, seed=0)
+def test_two_builds_are_byte_identical(demo_dir, demo_workflow):
+    """The session's build against the workflow's download stage (another process, the same seed)."""
+    second = demo_workflow["work"] / "results" / "download" / "demo"
     names = sorted(p.name for p in demo_dir.iterdir())
-    assert names == sorted(p.name for p in second.iterdir())
+    assert names == sorted(p.name for p in second.iterdir() if p.name not in ("manifest.json", ".snakemake_timestamp"))
     for name in names:
         assert (demo_dir / name).read_bytes() == (second / name).read_bytes(), name

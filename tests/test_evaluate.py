@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hf2mlc.evaluation_text import DATA, load_evaluation_text
 from tiny_models import load_reference, make_tiny_model, reference_logits
 
 CONTEXT = 64
-FAMILIES = {"line": "config/families/line.yaml", "seed-compat": "config/families/seed-compat.yaml"}
+FAMILIES = [str(Path(__file__).resolve().parents[1] / "config" / "families" / f"{name}.yaml") for name in ("line", "seed-compat")]
 
 
 def _exact_kl(ref_logits: np.ndarray, build_logits: np.ndarray) -> np.ndarray:
@@ -81,28 +82,28 @@ def tiny(tmp_path_factory):
     """A LINE-shaped tiny model with a tokenizer, its q4f16_0 host build, and its reference artefact."""
     from hf2mlc.compile import compile_model
     from hf2mlc.convert import convert_weights
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+    from hf2mlc.spec import TargetSpec
 
     root = tmp_path_factory.mktemp("evaluate")
     model_dir = make_tiny_model(root / "hf", "line", vocab_size=512, max_position_embeddings=CONTEXT)
     _char_tokenizer(model_dir, 512)
     weights = root / "weights"
     convert_weights(model_dir, weights, "q4f16_0", ffn_out_dtype="float32", progress=False)
-    info = compile_model(
-        GPTNeoXConfig.from_file(model_dir), "q4f16_0", "host", root / "lib", lib_name="tiny-q4",
-        context_window_size=CONTEXT, prefill_chunk_size=16, ffn_out_dtype="float32", progress=False,
+    spec = TargetSpec.create(target="host", quantization="q4f16_0", lib_name="tiny-q4", context_window_size=CONTEXT,
+                             prefill_chunk_size=16, ffn_out_dtype="float32")
+    info = compile_model(GPTNeoXConfig.from_file(model_dir), spec, root / "lib", progress=False)
+    ref_dir, answers_dir = root / "reference", root / "answers"
+    stages.reference(model_dir=model_dir, out_dir=ref_dir, text="eval_ja", max_tokens=300, max_len=CONTEXT)
+    stages.reference_answers(
+        model_dir=model_dir, out_dir=answers_dir, family_files=FAMILIES, prompts="chat_prompts_ja", answer_tokens=6
     )
-    ref_dir = root / "reference"
-    stages.reference(
-        model_dir=model_dir, out_dir=ref_dir, family_files=FAMILIES, text="eval_ja", max_tokens=300,
-        max_len=CONTEXT, prompts="chat_prompts_ja", answer_tokens=6,
-    )
-    return model_dir, weights, root / "lib" / info["files"][0], ref_dir
+    return model_dir, weights, root / "lib" / info["files"][0], ref_dir, answers_dir
 
 
 def test_reference_artefact_equals_transformers(tiny):
-    model_dir, _, _, ref_dir = tiny
-    ref = reference_cache.read_reference(ref_dir)
+    model_dir, _, _, ref_dir, answers_dir = tiny
+    ref = reference_cache.read_reference(ref_dir, answers_dir)
     text = load_evaluation_text(model_dir, "eval_ja", max_tokens=300, max_len=CONTEXT)
     assert [r.tolist() for r in ref.rows()] == [i for i, _ in text.rows]
     assert max(len(i) for i, _ in text.rows) == CONTEXT  # long documents are cut into windows, none dropped
@@ -121,8 +122,8 @@ def test_reference_artefact_equals_transformers(tiny):
     # Greedy answers, for both templates: what transformers' own greedy decoding gives.
     import torch
 
-    answers = json.loads((ref_dir / "answers.json").read_text(encoding="utf-8"))
-    assert {a["template"] for a in answers} == {"line", "seed-compat"} and len(answers) == 2 * 5
+    answers = ref.answers
+    assert {a["template"] for a in answers} == {"line", "seed-compat"} and len(answers) == 2 * 3
     for a in answers[:3] + answers[-2:]:
         out = model.generate(torch.tensor([a["prompt_ids"]]), max_new_tokens=6, do_sample=False,
                              eos_token_id=a["stop_token_ids"] or None, pad_token_id=0)
@@ -133,9 +134,9 @@ def test_reference_artefact_equals_transformers(tiny):
 def test_evaluation_of_a_quantized_build(tiny, tmp_path):
     from hf2mlc.runtime import Engine
 
-    model_dir, weights, lib, ref_dir = tiny
-    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, tmp_path)
-    ref = reference_cache.read_reference(ref_dir)
+    model_dir, weights, lib, ref_dir, answers_dir = tiny
+    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, answers_dir, tmp_path)
+    ref = reference_cache.read_reference(ref_dir, answers_dir)
     engine = Engine(lib, weights)
     build = []
     for row in ref.rows():
@@ -155,7 +156,7 @@ def test_evaluation_of_a_quantized_build(tiny, tmp_path):
     assert low < report["build"]["perplexity"] < high
     lo, hi = report["delta_perplexity_pct_ci95"]
     assert lo < report["delta_perplexity_pct"] < hi
-    assert len(report["answers"]) == 10
+    assert len(report["answers"]) == 6
     for a in report["answers"]:  # the build's answers are the engine's own greedy decoding
         assert set(a) >= {"template", "message", "reference", "build", "same_tokens"}
     md = (tmp_path / "report.md").read_text(encoding="utf-8")
@@ -164,16 +165,13 @@ def test_evaluation_of_a_quantized_build(tiny, tmp_path):
 
 def test_kl_from_a_truncated_reference_is_bracketed(tiny, tmp_path, monkeypatch):
     """With fewer stored tokens than the vocabulary, the reported KL is the lower bound and the upper bound holds."""
-    model_dir, weights, lib, _ = tiny
+    model_dir, weights, lib, _, answers_dir = tiny
     monkeypatch.setattr(reference_cache, "TOP_K", 8)
     ref_dir = tmp_path / "ref8"
-    stages.reference(
-        model_dir=model_dir, out_dir=ref_dir, family_files={"line": FAMILIES["line"]}, text="eval_ja", max_tokens=100,
-        max_len=CONTEXT, prompts="chat_prompts_ja", answer_tokens=1,
-    )
-    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, tmp_path)
+    stages.reference(model_dir=model_dir, out_dir=ref_dir, text="eval_ja", max_tokens=100, max_len=CONTEXT)
+    report = evaluate.evaluate_build(model_dir, weights, lib, "q4f16_0", ref_dir, answers_dir, tmp_path)
     assert report["reference_tail_mass_mean"] > 0.1
-    ref = reference_cache.read_reference(ref_dir)
+    ref = reference_cache.read_reference(ref_dir, answers_dir)
     from hf2mlc.runtime import Engine
 
     engine = Engine(lib, weights)
@@ -182,3 +180,32 @@ def test_kl_from_a_truncated_reference_is_bracketed(tiny, tmp_path, monkeypatch)
     kl = _exact_kl(np.concatenate([reference_logits(model, r.tolist()) for r in ref.rows()]), build).mean()
     assert report["kl_mean"] <= kl * (1 + 1e-4) and kl <= report["kl_mean_upper_bound"] * (1 + 1e-4)
     assert report["kl_mean"] < 0.9 * kl  # a real gap: the bound is not the exact value by accident
+
+
+def test_host_check_against_the_streaming_dequantized_reference(tiny):
+    """The check passes a correct quantized build at float16 rounding and fails, in one line, above its bound."""
+    from hf2mlc.check import check_host_build
+    from hf2mlc.errors import UserError
+
+    model_dir, weights, lib, _, _ = tiny
+    report = check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=2e-2)
+    assert report["passed"] and 0 < report["max_rel_error"] < 5e-3 and report["argmax_agreement"] == 1.0
+    assert "dequantized" in report["reference"]
+    with pytest.raises(UserError, match="max_logit_rel_error"):
+        check_host_build(model_dir, weights, lib, "q4f16_0", evaluation_text="eval_ja", max_rel_error=1e-7)
+
+
+def test_evaluation_text_is_a_bundled_set_or_a_file(tiny, tmp_path):
+    from hf2mlc.errors import UserError
+
+    model_dir = tiny[0]
+    (tmp_path / "mine.txt").write_text("一つ目の文書です。\n\n二つ目。\n", encoding="utf-8")
+    text = load_evaluation_text(model_dir, "mine.txt", max_tokens=1000, max_len=CONTEXT, base_dir=tmp_path)
+    assert text.name == "mine.txt" and len(text.rows) == 2 and text.tokens == len("一つ目の文書です。") + len("二つ目。")
+    assert text.rows[1] == ([text.rows[1][0][0], *text.rows[1][1][:-1]], text.rows[1][1]) and text.rows[1][1][-1] == 2
+    with pytest.raises(UserError, match="not a bundled set"):
+        load_evaluation_text(model_dir, "no_such_set", max_tokens=10, max_len=CONTEXT)
+    with pytest.raises(UserError, match="does not exist"):
+        load_evaluation_text(model_dir, "missing.txt", max_tokens=10, max_len=CONTEXT, base_dir=tmp_path)
+    with pytest.raises(UserError, match="heldout.txt"):
+        load_evaluation_text(model_dir, "demo_heldout", max_tokens=10, max_len=CONTEXT)

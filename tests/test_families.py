@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -298,12 +297,9 @@ def test_shipped_families_load_and_readme_names_every_key() -> None:
 
 
 @pytest.mark.slow
-def test_demo_model_families(tmp_path: Path) -> None:
-    demo = pytest.importorskip("hf2mlc.demo")
-    model_dir = tmp_path / "demo"
-    demo.make_demo_model(model_dir)
+def test_demo_model_families(demo_model: Path) -> None:
+    model_dir = demo_model
     report = fam.validate_family(fam.load_family(FAMILIES / "line.yaml"), model_dir)
     assert report["valid"] and report["prompt_example"]["matches_card"]
     compat = fam.validate_family(fam.load_family(FAMILIES / "seed-compat.yaml"), model_dir)
     assert not compat["valid"] and len(compat["mismatches"]) >= 4
-    shutil.rmtree(model_dir)

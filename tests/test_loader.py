@@ -21,7 +21,7 @@ from hf2mlc.loader.huggingface import (
     find_weight_files,
     reorder_qkv,
 )
-from hf2mlc.model.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 
 HIDDEN, HEADS, LAYERS, INTER, VOCAB = 32, 4, 2, 64, 50
 

@@ -13,9 +13,9 @@ from tvm import relax
 from tvm.relax.frontend import nn
 from tvm.target import Target
 
-from hf2mlc.model.config import GPTNeoXConfig
-from hf2mlc.model.gpt_neox import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
-from hf2mlc.model.params import param_specs
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.model import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
+from hf2mlc.model.gpt_neox.params import param_specs
 from hf2mlc.quantization import QUANTIZATIONS, get_quantization
 from hf2mlc.quantization.group import dequantize, quantize_embedding, quantize_linear
 from hf2mlc.quantization.nn import GroupQuantEmbedding, GroupQuantLinear, quantize_model

@@ -1,7 +1,7 @@
 """Group quantization: hand-computed words, round trips, layouts, edge cases, and a TVM cross-check.
 
-The independent reference is a quantizer written as a TVM tensor expression from the spec in
-shared/reference/mlc-format.md, compiled for ``llvm`` and run on the CPU, the same way MLC LLM runs its
+The independent reference is a quantizer written as a TVM tensor expression from MLC LLM's published
+algorithm (python/mlc_llm/quantization/group_quantization.py: scale, rounding, packing), compiled for ``llvm`` and run on the CPU, the same way MLC LLM runs its
 own quantizer during ``convert_weight``; the numpy packers must agree with it bit for bit.
 """
 

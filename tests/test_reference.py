@@ -76,7 +76,7 @@ def test_observe_sees_the_inputs_transformers_feeds_each_linear(models):
 
 def test_weight_source_replaces_the_checkpoint(models):
     """A weight source is what the forward pass computes with (the hook the dequantized check uses)."""
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 
     model_dir = models["gelu_tanh"]
     config = GPTNeoXConfig.from_file(model_dir)
@@ -117,8 +117,8 @@ def test_greedy_generate_matches_transformers(models):
 def test_tensor_cache_source_is_the_dequantized_reference(models, tmp_path, variant, quantization):
     """Streaming from a converted cache equals transformers holding the cache's dequantized numbers."""
     from hf2mlc.convert import convert_weights
-    from hf2mlc.evaluate import dequantized_reference, transformers_logits
-    from hf2mlc.model.config import GPTNeoXConfig
+    from hf2mlc.check import dequantized_reference, transformers_logits
+    from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 
     model_dir = models[variant]
     convert_weights(model_dir, tmp_path / "w", quantization, ffn_out_dtype="float32", progress=False)

@@ -3,8 +3,9 @@
 The reference is transformers' own GPTNeoXForCausalLM in float32 on the same checkpoint (tiny random
 models of each architecture variant, tests/tiny_models.py).  For group-quantized builds the reference
 model gets the *converted* weights: read back from tensor-cache.json, dequantized with numpy and
-un-reordered to Hugging Face's layout, so the comparison isolates the compiled model from the
-(deliberate) quantization error.
+un-reordered to Hugging Face's layout (hf2mlc.check.dequantized_reference, the workflow check's own
+reference, so it is tested here too), which isolates the compiled model from the (deliberate)
+quantization error.
 
 Relative error = max |logits - reference| / max |reference|, per position.
 """
@@ -21,14 +22,16 @@ import tvm
 from tvm.runtime import ShapeTuple
 
 import hf2mlc
+from hf2mlc.check import dequantized_reference
 from hf2mlc.compile import compile_model
 from hf2mlc.convert import convert_weights
 from hf2mlc.errors import UserError
-from hf2mlc.model.config import GPTNeoXConfig
-from hf2mlc.model.params import param_specs
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.params import param_specs
 from hf2mlc.quantization import Quantization, get_quantization
 from hf2mlc.quantization.group import dequantize
 from hf2mlc.runtime import Engine
+from hf2mlc.spec import TargetSpec
 from hf2mlc.tensor_cache import read_tensor_cache
 from tiny_models import add_char_tokenizer, load_reference, make_tiny_model, reference_logits
 
@@ -77,17 +80,9 @@ class _Builds:
             weights = self.root / f"w-{name}"
             convert_weights(model_dir, weights, quantization, ffn_out_dtype=ffn_out_dtype, progress=False)
             config = GPTNeoXConfig.from_file(model_dir)
-            info = compile_model(
-                config,
-                quantization,
-                "host",
-                self.root / "libs",
-                lib_name=name,
-                context_window_size=CONTEXT,
-                prefill_chunk_size=CHUNK,
-                ffn_out_dtype=ffn_out_dtype,
-                progress=False,
-            )
+            spec = TargetSpec.create(target="host", quantization=quantization, lib_name=name,
+                                     context_window_size=CONTEXT, prefill_chunk_size=CHUNK, ffn_out_dtype=ffn_out_dtype)
+            info = compile_model(config, spec, self.root / "libs", progress=False)
             self._built[key] = (model_dir, weights, self.root / "libs" / info["files"][0], config)
         return self._built[key]
 
@@ -148,9 +143,12 @@ def _dequantized_reference(model_dir, weights_dir, config: GPTNeoXConfig, q: Qua
 
 
 def _reference(builds: _Builds, variant: str, quantization: str, ffn_out_dtype: str):
-    model_dir, weights, _lib, config = builds.get(variant, quantization, ffn_out_dtype)
-    q = get_quantization(quantization)
-    return _dequantized_reference(model_dir, weights, config, q) if q.is_quantized else load_reference(model_dir)
+    """transformers in float32 holding the numbers the library reads: for a quantized build, the library's
+    own dequantized reference (hf2mlc.check, what the workflow's check compares against)."""
+    model_dir, weights, _lib, _config = builds.get(variant, quantization, ffn_out_dtype)
+    if get_quantization(quantization).is_quantized:
+        return dequantized_reference(model_dir, weights, quantization)
+    return load_reference(model_dir)
 
 
 # ---------------------------------------------------------------- logits against transformers

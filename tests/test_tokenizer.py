@@ -412,11 +412,8 @@ def test_normalizer_sweep_finds_no_difference(line_like: Path, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_demo_model(tmp_path: Path) -> None:
-    demo = pytest.importorskip("hf2mlc.demo")
-    model_dir = tmp_path / "demo"
-    demo.make_demo_model(model_dir)
-    report = tk.build_tokenizer(model_dir, tmp_path / "tokenizer")
+def test_demo_model(demo_model: Path, tmp_path: Path) -> None:
+    report = tk.build_tokenizer(demo_model, tmp_path / "tokenizer")
     assert report["parity"] == 1.0
     assert report["tokenizer"]["special_tokens"]["eos_token"] == {"content": "</s>", "id": 2, "kind": "control"}
     assert report["normalizer"]["sweep"]["code_points"]["differ"] == 0

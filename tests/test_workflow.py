@@ -7,7 +7,9 @@ tests below through a session fixture; the incremental tests only ask Snakemake 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pytest
 import yaml
 
 from hf2mlc.manifest import read_manifest, verify_manifest
-from workflow_helpers import copy_workflow, planned_jobs, snakemake
+from workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake
 
 DEMO = "model=demo"
 
@@ -38,13 +40,38 @@ def test_dry_run_plans_the_card_stages(tmp_path: Path) -> None:
         f"tokenizer[{DEMO}]",
         f"convert[{DEMO},quant=q0f16]",
         f"convert[{DEMO},quant=q4f16_0]",
-        f"build[{DEMO},target=host,quant=q0f16]",
-        f"build[{DEMO},target=mac,quant=q0f16]",
-        f"build[{DEMO},target=host,quant=q4f16_0]",
-        f"build[{DEMO},target=iphone,quant=q4f16_0]",
+        f"compile[{DEMO},target=host,quant=q0f16]",
+        f"compile[{DEMO},target=mac,quant=q0f16]",
+        f"compile[{DEMO},target=host,quant=q4f16_0]",
+        f"compile[{DEMO},target=iphone,quant=q4f16_0]",
+        f"check[{DEMO},quant=q0f16]",
+        f"check[{DEMO},quant=q4f16_0]",
+        f"reference[{DEMO}]",
+        f"reference_answers[{DEMO}]",
         f"evaluate[{DEMO},quant=q4f16_0]",
         f"package[{DEMO},device=iphone]",
     ])
+
+
+def test_schema_and_wildcard_name_exactly_the_registered_quantizations() -> None:
+    from hf2mlc.quantization import QUANTIZATIONS
+    from hf2mlc.spec import QUANTIZATION_PATTERN
+
+    schema = yaml.safe_load((REPO / "config" / "schema.yaml").read_text(encoding="utf-8"))
+    assert schema["$defs"]["quantization"]["enum"] == list(QUANTIZATIONS)
+    assert QUANTIZATION_PATTERN.split("|") == list(QUANTIZATIONS)
+
+
+def test_config_names_bundled_evaluation_texts_and_prompts() -> None:
+    """Every evaluation text and prompt list the shipped config names by name is bundled (or the demo's own)."""
+    from hf2mlc.evaluation_text import DATA, DEMO_HELDOUT, load_prompts, names_a_file
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    settings = [cfg["defaults"]["evaluation"], *(m.get("evaluation", {}) for m in cfg["models"])]
+    texts = {s["text"] for s in settings if "text" in s}
+    assert texts and not any(names_a_file(t) for t in texts)
+    assert all(t == DEMO_HELDOUT or (DATA / f"{t}.txt").is_file() for t in texts)
+    assert all(load_prompts(s["prompts"]) for s in settings if "prompts" in s)
 
 
 def test_slurm_profile_dry_run(tmp_path: Path) -> None:
@@ -85,13 +112,9 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, edit, needle: str) -> Non
 
 
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One full run of every stage: both bundles and the evaluations (the rebuild test runs a second)."""
-    work = copy_workflow(tmp_path_factory.mktemp("workflow") / "wf")
-    start = time.perf_counter()
-    snakemake(work, "--cores", "2", "all")
-    first_seconds = time.perf_counter() - start
-    return {"work": work, "first_seconds": first_seconds}
+def built(demo_workflow: dict) -> dict:
+    """One full run of every stage (tests/conftest.py; the rebuild test runs a second)."""
+    return demo_workflow
 
 
 def _assert_plan(work: Path, expected: set[str], *args: str) -> None:
@@ -115,7 +138,7 @@ def test_iphone_context_window_change_reruns_only_the_iphone_build(built: dict) 
     try:
         _edit_config(work, lambda c: c["defaults"]["targets"]["iphone"].__setitem__("context_window_size", 512))
         _assert_plan(work, {
-            f"build[{DEMO},target=iphone,quant=q4f16_0]",
+            f"compile[{DEMO},target=iphone,quant=q4f16_0]",
             f"package[{DEMO},device=iphone]",
         })
     finally:
@@ -130,8 +153,9 @@ def test_iphone_quantization_change_reruns_only_the_iphone_path(built: dict) -> 
         _edit_config(work, lambda c: c["defaults"]["targets"]["iphone"].__setitem__("quantization", "q4f16_1"))
         _assert_plan(work, {
             f"convert[{DEMO},quant=q4f16_1]",
-            f"build[{DEMO},target=host,quant=q4f16_1]",
-            f"build[{DEMO},target=iphone,quant=q4f16_1]",
+            f"compile[{DEMO},target=host,quant=q4f16_1]",
+            f"compile[{DEMO},target=iphone,quant=q4f16_1]",
+            f"check[{DEMO},quant=q4f16_1]",
             f"evaluate[{DEMO},quant=q4f16_1]",
             f"package[{DEMO},device=iphone]",
         })
@@ -140,7 +164,7 @@ def test_iphone_quantization_change_reruns_only_the_iphone_path(built: dict) -> 
 
 
 @pytest.mark.slow
-def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
+def test_template_change_reruns_patch_answers_and_package_only(built: dict) -> None:
     work = built["work"]
     family = work / "config" / "families" / "line.yaml"
     original = family.read_text(encoding="utf-8")
@@ -148,22 +172,90 @@ def test_template_change_reruns_patch_and_package_only(built: dict) -> None:
         data = yaml.safe_load(original)
         data["template"]["system_message"] = "あなたは親切なアシスタントです。"
         family.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-        _assert_plan(work, {f"patch[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
+        # The evaluations show answers under this template: they are redone, the reference on the text is not.
+        _assert_plan(work, {
+            f"patch[{DEMO}]", f"reference_answers[{DEMO}]", f"evaluate[{DEMO},quant=q0f16]",
+            f"evaluate[{DEMO},quant=q4f16_0]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]",
+        })
     finally:
         family.write_text(original, encoding="utf-8")
 
 
+PACKAGES = {f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"}
+WEIGHT_PATH = {  # every job that reads converted weights, and what follows them
+    f"convert[{DEMO},quant=q0f16]",
+    f"convert[{DEMO},quant=q4f16_0]",
+    f"check[{DEMO},quant=q0f16]",
+    f"check[{DEMO},quant=q4f16_0]",
+    f"evaluate[{DEMO},quant=q0f16]",
+    f"evaluate[{DEMO},quant=q4f16_0]",
+    f"compile[{DEMO},target=iphone,quant=q4f16_0]",  # waits on the q0f16 check
+    *PACKAGES,
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("edited", ["scripts/tokenizer.py", "src/hf2mlc/tokenizer.py"])
-def test_code_edit_reruns_only_its_rule(built: dict, edited: str) -> None:
+@pytest.mark.parametrize(
+    ("edited", "expected"),
+    [
+        ("scripts/tokenizer.py", {f"tokenizer[{DEMO}]", *PACKAGES}),
+        # Imported by the tokenizer stage, by patch (families checks templates with it) and by package.
+        ("src/hf2mlc/tokenizer.py", {f"tokenizer[{DEMO}]", f"patch[{DEMO}]", *PACKAGES}),
+        # A deep module: the packers, imported by convert and (dequantizing) by check, which evaluate
+        # imports; not by compile, which takes no weights, nor by download, patch, tokenizer or package.
+        ("src/hf2mlc/quantization/group.py", WEIGHT_PATH),
+        ("src/hf2mlc/compiler_pass/cpu_schedule.py", {
+            f"compile[{DEMO},target=host,quant=q0f16]",
+            f"compile[{DEMO},target=host,quant=q4f16_0]",
+            f"compile[{DEMO},target=mac,quant=q0f16]",
+            f"compile[{DEMO},target=iphone,quant=q4f16_0]",
+            f"check[{DEMO},quant=q0f16]",
+            f"check[{DEMO},quant=q4f16_0]",
+            f"evaluate[{DEMO},quant=q0f16]",
+            f"evaluate[{DEMO},quant=q4f16_0]",
+            *PACKAGES,
+        }),
+    ],
+    ids=["script", "tokenizer", "quantization-group", "cpu-schedule"],
+)
+def test_code_edit_reruns_every_rule_that_imports_it(built: dict, edited: str, expected: set[str]) -> None:
     work = built["work"]
     path = work / edited
-    original = path.read_text(encoding="utf-8")
+    original, stat = path.read_text(encoding="utf-8"), path.stat()
     try:
         path.write_text(original + "\n# an edit\n", encoding="utf-8")
-        _assert_plan(work, {f"tokenizer[{DEMO}]", f"package[{DEMO},device=iphone]", f"package[{DEMO},device=mac]"})
+        _assert_plan(work, expected)
     finally:
         path.write_text(original, encoding="utf-8")
+        # Snakemake reruns a script rule whose script is newer than its output: put the mtime back too.
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.slow
+def test_local_source_file_replaced_in_place_reruns_download(built: dict) -> None:
+    """A local checkpoint is an input file by file: `cp` over one of its files (the directory's mtime does
+    not change) reruns download and everything after it."""
+    work = built["work"]
+    source = work / "local-model"
+    shutil.copytree(work / "results" / "download" / "demo", source, ignore=shutil.ignore_patterns("manifest.json"))
+    original = (work / "config" / "config.yaml").read_text(encoding="utf-8")
+    try:
+        _edit_config(work, lambda c: c["models"].__setitem__(0, {**c["models"][0], "id": "local", "source": str(source)}))
+        snakemake(work, "--cores", "1", "results/download/local")
+        assert planned_jobs(work, "results/download/local") == []
+        time.sleep(1.1)  # a new mtime, on file systems that keep seconds
+        # A fixed file copied over the broken one (Snakemake compares small files by checksum, so the
+        # content differs, as a fix's would).
+        fixed = work / "config.json.fixed"
+        fixed.write_text((source / "config.json").read_text(encoding="utf-8") + "\n", encoding="utf-8")
+        subprocess.run(["cp", str(fixed), str(source / "config.json")], check=True)
+        assert planned_jobs(work, "results/download/local") == ["download[model=local]"]
+        jobs = planned_jobs(work, "iphone_bundle")
+        assert "download[model=local]" in jobs and "package[model=local,device=iphone]" in jobs
+    finally:
+        (work / "config" / "config.yaml").write_text(original, encoding="utf-8")
+        shutil.rmtree(work / "results" / "download" / "local", ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -171,7 +263,8 @@ def test_every_output_has_an_intact_manifest(built: dict) -> None:
     results = built["work"] / "results"
     stage_dirs = [p.parent for p in results.rglob("manifest.json")]
     stages = {read_manifest(d)["stage"] for d in stage_dirs}
-    assert stages == {"download", "patch", "convert", "build", "tokenizer", "evaluate", "package"}
+    assert stages == {"download", "patch", "convert", "compile", "check", "tokenizer", "reference", "reference_answers",
+                      "evaluate", "package"}
     for directory in stage_dirs:
         assert verify_manifest(directory) == [], directory
         manifest = read_manifest(directory)
@@ -184,6 +277,28 @@ def test_every_output_has_an_intact_manifest(built: dict) -> None:
     for device in ("iphone", "mac"):
         assert (results / "logs" / "package" / "demo" / f"{device}.log").is_file()
         assert (results / "benchmarks" / "package" / "demo" / f"{device}.tsv").is_file()
+
+
+@pytest.mark.slow
+def test_every_rule_code_digest_covers_the_modules_its_jobs_loaded(built: dict) -> None:
+    """The oracle is the jobs themselves: every hf2mlc module a job had loaded when it finished (its log's
+    last line) is a file of its rule's computed closure, so editing it changes the rule's code digest."""
+    from hf2mlc.closure import module_path, rule_files
+    from hf2mlc.snakemake_script import LOADED_MODULES_LINE
+
+    work = built["work"]
+    seen = set()
+    for log in sorted((work / "results" / "logs").rglob("*.log")):
+        rule = log.relative_to(work / "results" / "logs").parts[0]
+        lines = [line for line in log.read_text(encoding="utf-8").splitlines() if line.startswith(LOADED_MODULES_LINE)]
+        assert lines, f"{log}: no {LOADED_MODULES_LINE!r} line"
+        loaded = lines[-1][len(LOADED_MODULES_LINE):].split()
+        covered = set(rule_files(rule, work))
+        for module in loaded:
+            path = module_path(module)
+            assert path is not None and path in covered, f"rule {rule}: {module} is not in its code digest"
+        seen.add(rule)
+    assert seen == {"download", "patch", "convert", "compile", "check", "tokenizer", "evaluate", "package"}
 
 
 def _comparable(path: Path) -> bytes:

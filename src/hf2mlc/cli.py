@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .layout import RESULTS
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -26,11 +27,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .manifest import read_manifest, verify_manifest
+    from .manifest import MANIFEST_NAME, read_manifest, verify_manifest
 
     directory = Path(args.directory)
     if not (directory / "manifest.json").is_file():
-        raise UserError(f"{directory}: no manifest.json; point at a stage output under results/.")
+        raise UserError(f"{directory}: no {MANIFEST_NAME}; point at a stage output under results/.")
     manifest = read_manifest(directory)
     bad = verify_manifest(directory)
     size = sum(entry["size"] for entry in manifest["files"].values())
@@ -54,18 +55,21 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     from tokenizers import Tokenizer
 
+    from . import layout
     from .families import render_prompt
     from .runtime import Engine
+    from .stages import host_library
+    from .tokenizer import TOKENIZER_JSON
 
-    results = Path(args.results)
-    build = results / "build" / args.model / f"host-{args.quantization}"
-    libs = sorted(build.glob("*.so"))
-    if not libs:
+    results = str(args.results)
+    build = Path(layout.compile_dir(args.model, "host", args.quantization, results))
+    if not (build / layout.LIB_INFO).is_file():
         raise UserError(f"{build}: no host build; run `snakemake --cores 2 {build}` first.")
-    template = json.loads((results / "patch" / args.model / "conv_template.json").read_text(encoding="utf-8"))
-    generation = json.loads((results / "patch" / args.model / "overrides.json").read_text(encoding="utf-8"))["generation"]
-    tokenizer = Tokenizer.from_file(str(results / "tokenizer" / args.model / "tokenizer.json"))
-    engine = Engine(libs[0], results / "weights" / args.model / args.quantization)
+    patch = Path(layout.patch_dir(args.model, results))
+    template = json.loads((patch / layout.CONV_TEMPLATE).read_text(encoding="utf-8"))
+    generation = json.loads((patch / layout.OVERRIDES).read_text(encoding="utf-8"))["generation"]
+    tokenizer = Tokenizer.from_file(str(Path(layout.tokenizer_dir(args.model, results)) / TOKENIZER_JSON))
+    engine = Engine(host_library(build), Path(layout.weights_dir(args.model, args.quantization, results)))
     temperature = generation.get("temperature", 0.7) if args.temperature is None else args.temperature
     top_p = generation.get("top_p", 1.0)
     history: list[tuple[str, str]] = []
@@ -106,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("directory")
     inspect.set_defaults(func=_cmd_inspect)
     chat = sub.add_parser("chat", help="chat with a host build of the workflow's results")
-    chat.add_argument("--results", default="results")
+    chat.add_argument("--results", default=RESULTS)
     chat.add_argument("--model", default="demo")
     chat.add_argument("--quantization", default="q4f16_0")
     chat.add_argument("--prompt", help="one prompt (default: read prompts from stdin)")

@@ -20,7 +20,6 @@ CPU), checked both on the scheduled IR and on the Metal source in the exported l
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -46,13 +45,11 @@ from .compiler_pass import (
     unbound_kernels,
 )
 from .errors import UserError
-from .model.config import GPTNeoXConfig
-from .model.gpt_neox import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
-from .quantization import get_quantization
+from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.model import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
+from .quantization import Quantization
+from .spec import TARGETS, TargetSpec
 
-TARGETS = ("host", "mac", "iphone")
-_LIB_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_FFN_DTYPES = ("float16", "float32")
 
 #: Metal limits MLC LLM uses for iPhones ("iphone:generic"): 256 threads, 32 KiB threadgroup memory
 #: and no SIMD-group reductions (thread_warp_size 1): the conservative choice for any supported iPhone.
@@ -78,11 +75,6 @@ class BuildError(RuntimeError):
     """The compiler produced a library that would not do what was asked (not a user error)."""
 
 
-def system_lib_prefix(lib_name: str) -> str:
-    """The symbol prefix MLC's engine derives from a ``model_lib`` name (``-`` -> ``_``, trailing ``_``)."""
-    return lib_name.replace("-", "_") + "_"
-
-
 def make_target(target: str) -> Target:
     """The TVM target for one of :data:`TARGETS`."""
     if target == "host":
@@ -97,28 +89,6 @@ def make_target(target: str) -> Target:
     if target == "iphone":
         return Target(_IPHONE_METAL, host={"kind": "llvm", "mtriple": "arm64-apple-ios14.0", "mcpu": "apple-a14"})
     raise UserError(f"build target {target!r} is not supported; use one of: {', '.join(TARGETS)} (config/config.yaml: targets).")
-
-
-def _check_args(lib_name: str, context_window_size: int, prefill_chunk_size: int, ffn_out_dtype: str, max_batch_size: int) -> None:
-    if not _LIB_NAME_RE.match(lib_name):
-        raise UserError(
-            f"model library name {lib_name!r} is invalid: use letters, digits, '_' and '-', not starting with a digit "
-            "(it becomes the iOS system-library symbol prefix)."
-        )
-    if len(system_lib_prefix(lib_name)) < 8:
-        # apache-tvm 0.27 keeps strings under 8 bytes inline, and relax.build then fails to read the prefix.
-        raise UserError(f"model library name {lib_name!r} is too short: use at least 7 characters.")
-    if context_window_size <= 0:
-        raise UserError(f"context_window_size must be positive, got {context_window_size} (config/config.yaml).")
-    if not 0 < prefill_chunk_size <= context_window_size:
-        raise UserError(
-            f"prefill_chunk_size must be between 1 and context_window_size ({context_window_size}), "
-            f"got {prefill_chunk_size} (config/config.yaml)."
-        )
-    if ffn_out_dtype not in _FFN_DTYPES:
-        raise UserError(f"ffn_out_dtype must be one of {_FFN_DTYPES}, got {ffn_out_dtype!r} (config/families/*.yaml).")
-    if max_batch_size <= 0:
-        raise UserError(f"max_batch_size must be positive, got {max_batch_size}.")
 
 
 def _ld64_lld() -> str | None:
@@ -185,7 +155,7 @@ def _archive_from_tar(tar_path: Path, archive: Path) -> None:
 
 def export_model(
     config: GPTNeoXConfig,
-    quantization: str,
+    quantization: Quantization,
     *,
     ffn_out_dtype: str = "float32",
     context_window_size: int,
@@ -194,7 +164,7 @@ def export_model(
     target: Target,
 ) -> tuple[tvm.IRModule, dict[str, Any]]:
     """The model as a Relax IRModule (before the pipeline) and the metadata the library will carry."""
-    model = GPTNeoXForCausalLM(config, get_quantization(quantization), ffn_out_dtype=ffn_out_dtype)
+    model = GPTNeoXForCausalLM(config, quantization, ffn_out_dtype=ffn_out_dtype)
     with target:
         mod, named_params, _ext = model.export_tvm(spec=model.get_default_spec(), allow_extern=True)
     metadata = model.metadata(
@@ -207,7 +177,8 @@ def export_model(
 
 
 def _lower(
-    mod: tvm.IRModule, target: Target, metadata: dict[str, Any], bounds: dict[str, int], config: GPTNeoXConfig, quantization: str
+    mod: tvm.IRModule, target: Target, metadata: dict[str, Any], bounds: dict[str, int], config: GPTNeoXConfig,
+    quantization: Quantization,
 ) -> tuple[tvm.IRModule, dict[str, int]]:
     """Run the model pipeline; on a GPU target, refuse kernels that got no GPU threads."""
     pipeline = model_pipeline(
@@ -215,7 +186,7 @@ def _lower(
         metadata=metadata,
         variable_bounds=bounds,
         hidden_size=config.hidden_size,
-        dtype=get_quantization(quantization).model_dtype,
+        dtype=quantization.model_dtype,
     )
     with tvm.transform.PassContext(opt_level=3):
         lowered = pipeline(mod)
@@ -266,44 +237,36 @@ def _write_outputs(executable: relax.VMExecutable, out_dir: Path, lib_name: str,
     return written
 
 
-def compile_model(
-    config: GPTNeoXConfig,
-    quantization: str,
-    target: str,
-    out_dir: Path,
-    *,
-    lib_name: str,
-    context_window_size: int,
-    prefill_chunk_size: int,
-    ffn_out_dtype: str = "float32",
-    max_batch_size: int = 1,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Build the model library for ``target`` into ``out_dir`` and return what was built.
+def compile_model(config: GPTNeoXConfig, spec: TargetSpec, out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Build the model library ``spec`` describes into ``out_dir`` and return what was built.
 
     Each output file appears in ``out_dir`` complete or not at all (built in a temporary directory
-    beside it, then renamed).  The returned info has: ``files`` (names written), ``target`` (the TVM
-    target as a dict), ``system_lib_prefix`` (iphone only, else None), ``kernels`` (GPU kernel
-    functions and Metal kernels counted in the library; zero for host), ``functions`` (exported),
-    ``metadata`` (the ``_metadata()`` JSON as a dict), ``tvm_version`` and ``seconds``.
+    beside it, then renamed).  The returned info has: ``files`` (names written), ``lib_name`` and
+    ``model_lib`` (what an app config names it by), ``spec`` (what it was built for), ``target`` (the TVM target as a dict),
+    ``system_lib_prefix`` (iphone only, else None), ``kernels`` (GPU kernel functions and Metal kernels
+    counted in the library; zero for host), ``functions`` (exported), ``metadata`` (the ``_metadata()``
+    JSON as a dict: context window, prefill chunk, parameters …), ``tvm_version`` and ``seconds``.
     """
-    _check_args(lib_name, context_window_size, prefill_chunk_size, ffn_out_dtype, max_batch_size)
-    get_quantization(quantization)  # a bad name fails here, before any work
     start = time.perf_counter()
+    target, lib_name, quantization = spec.target, spec.lib_name, spec.quantization
     tvm_target = make_target(target)
-    prefix = system_lib_prefix(lib_name) if target == "iphone" else None
+    prefix = spec.system_lib_prefix
     with tqdm(total=4, desc=f"compile {lib_name} ({target})", unit="step", file=sys.stderr, disable=not progress) as steps:
         mod, metadata = export_model(
             config,
             quantization,
-            ffn_out_dtype=ffn_out_dtype,
-            context_window_size=context_window_size,
-            prefill_chunk_size=prefill_chunk_size,
-            max_batch_size=max_batch_size,
+            ffn_out_dtype=spec.ffn_out_dtype,
+            context_window_size=spec.context_window_size,
+            prefill_chunk_size=spec.prefill_chunk_size,
+            max_batch_size=spec.max_batch_size,
             target=tvm_target,
         )
         steps.update()
-        bounds = {"seq_len": prefill_chunk_size, "total_seq_len": context_window_size, "batch_size": max_batch_size}
+        bounds = {
+            "seq_len": spec.prefill_chunk_size,
+            "total_seq_len": spec.context_window_size,
+            "batch_size": spec.max_batch_size,
+        }
         lowered, kernels = _lower(mod, tvm_target, metadata, bounds, config, quantization)
         steps.update()
         if prefix is not None:
@@ -316,6 +279,9 @@ def compile_model(
         steps.update()
     return {
         "files": written,
+        "lib_name": lib_name,
+        "model_lib": spec.model_lib,
+        "spec": spec.as_params(),
         "target": _plain(tvm_target.export()),
         "target_name": target,
         "system_lib_prefix": prefix,

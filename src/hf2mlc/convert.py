@@ -2,7 +2,7 @@
 
 The output is byte-identical to what ``mlc_llm convert_weight`` writes through
 ``tvm.contrib.tvmjs.dump_tensor_cache(..., encode_format="f32-to-bf16")`` for the same tensors, in
-:func:`hf2mlc.model.params.param_specs` order, with the same metadata (``ParamSize``, ``ParamBytes``,
+:func:`hf2mlc.model.gpt_neox.params.param_specs` order, with the same metadata (``ParamSize``, ``ParamBytes``,
 ``BitsPerParam``) computed the way MLC's ``convert_weight.py`` computes it.
 
 Memory stays bounded by a few tensors, never the model: each source tensor is read, cast or
@@ -33,8 +33,8 @@ from .errors import UserError
 from .loader.huggingface import HuggingFaceWeights, SourceReader, reorder_qkv
 from .quantization.calibration import LAYER_LINEARS
 from .manifest import atomic_output_dir
-from .model.config import GPTNeoXConfig
-from .model.params import ParamSpec, param_specs
+from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.params import ParamSpec, param_specs
 from .quantization import Method, Quantization, get_method, get_quantization
 from .quantization.calibration import (
     DEFAULT_CALIBRATION_TEXT,

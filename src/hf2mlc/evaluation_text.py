@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .model.config import GPTNeoXConfig
+from .model.gpt_neox.config import GPTNeoXConfig
 
 DATA = Path(__file__).with_name("data")
 #: The demo model's held-out chats (``heldout.txt`` in its download), rendered as MLC's engine shows them.
 DEMO_HELDOUT = "demo_heldout"
-#: Chat prompts for the side-by-side answers when a model names none: one user message per line.
-DEFAULT_PROMPTS = "chat_prompts_ja"
 
 
 @dataclass(frozen=True)
@@ -71,6 +69,22 @@ def load_tokenizer(model_dir: Path) -> Tokenizer:
     raise UserError(f"{model_dir}: no spiece.model, tokenizer.model or tokenizer.json to tokenize the evaluation text with.")
 
 
+def names_a_file(setting: str) -> bool:
+    """Whether an ``evaluation.text``/``evaluation.prompts`` value is a file path (else a bundled name)."""
+    path = Path(setting)
+    return len(path.parts) > 1 or path.suffix == ".txt"
+
+
+def bundled_file(setting: str) -> Path | None:
+    """The bundled file a setting names (``src/hf2mlc/data/<name>.txt``), if it names one."""
+    path = DATA / f"{setting}.txt"
+    return path if not names_a_file(setting) and path.is_file() else None
+
+
+def _setting_path(setting: str, base_dir: Path) -> Path:
+    return Path(setting) if Path(setting).is_absolute() else Path(base_dir) / setting
+
+
 def resolve_text_file(spec: str, model_dir: Path, *, base_dir: Path = Path(".")) -> Path:
     """The file an ``evaluation.text`` setting names: a bundled set, the demo's held-out chats, or a path."""
     if spec == DEMO_HELDOUT:
@@ -82,12 +96,12 @@ def resolve_text_file(spec: str, model_dir: Path, *, base_dir: Path = Path("."))
             )
         return path
     bundled = DATA / f"{spec}.txt"
-    if "/" not in spec and not spec.endswith(".txt"):
+    if not names_a_file(spec):
         if bundled.is_file():
             return bundled
         known = sorted(p.stem for p in DATA.glob("*.txt")) + [DEMO_HELDOUT]
         raise UserError(f"config/config.yaml: evaluation text {spec!r} is not a bundled set ({', '.join(known)}) nor a file path.")
-    path = Path(spec) if Path(spec).is_absolute() else Path(base_dir) / spec
+    path = _setting_path(spec, base_dir)
     if not path.is_file():
         raise UserError(f"{path}: the evaluation text file named in config/config.yaml does not exist.")
     return path
@@ -139,8 +153,7 @@ def load_evaluation_text(
 
 def load_prompts(spec: str, *, base_dir: Path = Path(".")) -> list[str]:
     """User messages for the side-by-side answers: a bundled list by name or a file, one per line."""
-    bundled = DATA / f"{spec}.txt"
-    path = bundled if "/" not in spec and not spec.endswith(".txt") else (Path(spec) if Path(spec).is_absolute() else base_dir / spec)
+    path = _setting_path(spec, base_dir) if names_a_file(spec) else DATA / f"{spec}.txt"
     if not path.is_file():
         raise UserError(f"{path}: the chat prompts named by evaluation.prompts in config/config.yaml do not exist.")
     prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip() and not line.startswith("#")]

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .spec import FFN_OUT_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ PLACEHOLDERS = {
 GENERATION_KEYS = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
 
 #: Build overrides a family may set, and their allowed values (MLC's GPTNeoXConfig fields).
-OVERRIDES = {"ffn_out_dtype": ("float16", "float32")}
+OVERRIDES = {"ffn_out_dtype": FFN_OUT_DTYPES}
 
 _STRING_LIST = {"type": "array", "items": {"type": "string"}}
 _ID_LIST = {"type": "array", "items": {"type": "integer", "minimum": 0}}

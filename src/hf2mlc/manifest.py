@@ -22,7 +22,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-MANIFEST_NAME = "manifest.json"
+from .layout import MANIFEST
+
+MANIFEST_NAME = MANIFEST
 _CHUNK = 1 << 20
 
 #: Packages whose versions change what the workflow produces.
@@ -48,10 +50,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         while chunk := handle.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def file_entries(directory: Path, *, exclude: tuple[str, ...] = (MANIFEST_NAME,)) -> dict[str, dict[str, Any]]:

@@ -21,20 +21,23 @@ copied twice), else copied.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import gate
+from . import gate, layout
 from .card import model_card
 from .errors import UserError
-from .model.config import GPTNeoXConfig
-from .tensor_cache import check_library_params
+from .model.gpt_neox.config import GPTNeoXConfig
+from .spec import PackageSpec
+from .tensor_cache import CACHE_JSON, check_library_params
 
 MLC_CHAT_CONFIG_VERSION = "0.1.0"
 #: MLC's defaults for fields neither the family nor generation_config.json sets (mlc_chat_config.py).
@@ -48,7 +51,6 @@ SYSTEM_DEFAULTS = {
     "repetition_penalty": 1.0,
     "top_p": 1.0,
 }
-WEIGHT_SUFFIXES = (".bin", ".json")
 STATIC_LIB_NAME = {"iphone": "libmodel_iphone.a"}
 
 
@@ -72,8 +74,24 @@ def _dump_mlc_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class PackageInputs:
+    """The stage outputs a bundle is assembled from."""
+
+    model: Path
+    patch: Path
+    tokenizer: Path
+    weights: Path
+    library: Path
+    evaluate: Path
+
+    def as_roles(self) -> dict[str, str]:
+        """Role → path, as the package manifest records its inputs."""
+        return {field.name: str(getattr(self, field.name)) for field in dataclasses.fields(self)}
+
+
 def _tensor_cache_bytes(weights: Path) -> int:
-    cache = _read_json(weights / "tensor-cache.json")
+    cache = _read_json(weights / CACHE_JSON)
     return sum(shard["nbytes"] for shard in cache["records"])
 
 
@@ -107,7 +125,6 @@ def mlc_chat_config(
     Sampling defaults: the family's (the model card's recommendation) first, then generation_config.json /
     config.json, then MLC's system defaults — the precedence MLC applies, with the family in front.
     """
-    prefill_chunk_size = min(prefill_chunk_size, context_window_size)
     chat: dict[str, Any] = {
         "version": MLC_CHAT_CONFIG_VERSION,
         "model_type": "gpt_neox",
@@ -160,49 +177,61 @@ def _source_card_metadata(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -> None:
-    """Assemble the bundle for ``settings["device"]`` into ``out`` (an empty directory)."""
+def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
+    """Assemble the bundle for ``spec.device`` into ``out`` (an empty directory).
+
+    What the bundle says about its library — context window, prefill chunk, quantization, ``model_lib`` —
+    is read from the library's own lib-info.json (its ``_metadata()`` and build spec), so the bundle can
+    never describe a library other than the one it ships.
+    """
     from .manifest import tool_versions
     from .tokenizer import mlc_tokenizer_fields
 
-    device = settings["device"]
-    model_id = settings["model_id"]
-    quantization = settings["quantization"]
-    config = GPTNeoXConfig.from_file(inputs["model"])
-    overrides = _read_json(inputs["patch"] / "overrides.json")
-    conv_template = _read_json(inputs["patch"] / "conv_template.json")
-    lib_info = _read_json(inputs["build"] / "lib-info.json")
-    evaluation = _read_json(inputs["evaluate"] / "report.json")
-    verdict = gate.verdict(settings.get("quality_gate"), evaluation, f"{inputs['evaluate']}/report.json")
+    model_id = spec.model_id
+    config = GPTNeoXConfig.from_file(inputs.model)
+    overrides = _read_json(inputs.patch / layout.OVERRIDES)
+    conv_template = _read_json(inputs.patch / layout.CONV_TEMPLATE)
+    lib_info = _read_json(inputs.library / layout.LIB_INFO)
+    evaluation = _read_json(inputs.evaluate / layout.EVALUATION_REPORT)
+    library = lib_info["metadata"]
+    if library["quantization"] != spec.quantization:
+        raise UserError(
+            f"{inputs.library}: the library is built for {library['quantization']}, the {spec.device} bundle is "
+            f"{spec.quantization}; rerun the workflow so both come from config/config.yaml."
+        )
+    context_window_size = int(library["context_window_size"])
+    prefill_chunk_size = int(library["prefill_chunk_size"])
+    model_lib = lib_info["model_lib"]
+    verdict = gate.verdict(spec.quality_gate, evaluation, f"{inputs.evaluate}/{layout.EVALUATION_REPORT}")
     gate.write_verdict(out, verdict)
     generation_config: dict[str, Any] = {}
     for name in ("config.json", "generation_config.json"):  # later files win, as in transformers
-        path = inputs["model"] / name
+        path = inputs.model / name
         if path.is_file():
             generation_config.update({k: v for k, v in _read_json(path).items() if v is not None})
 
     model_dir = out / "bundle" / model_id
     model_dir.mkdir(parents=True)
-    for src in sorted(inputs["weights"].iterdir()):
-        if src.name != "manifest.json" and not src.name.startswith(".") and src.is_file():
+    for src in sorted(inputs.weights.iterdir()):
+        if src.name != layout.MANIFEST and not src.name.startswith(".") and src.is_file():
             _link_or_copy(src, model_dir / src.name)
-    param_bytes = _tensor_cache_bytes(inputs["weights"])
-    check_library_params(inputs["weights"], lib_info["metadata"]["params"], f"{inputs['build']} ({lib_info['files'][0]})")
+    param_bytes = _tensor_cache_bytes(inputs.weights)
+    check_library_params(inputs.weights, library["params"], f"{inputs.library} ({lib_info['files'][0]})")
 
-    tokenizer_fields = mlc_tokenizer_fields(inputs["tokenizer"])
+    tokenizer_fields = mlc_tokenizer_fields(inputs.tokenizer)
     for name in tokenizer_fields["tokenizer_files"]:
-        _link_or_copy(inputs["tokenizer"] / name, model_dir / name)
-    parity = _read_json(inputs["tokenizer"] / "parity-report.json")
+        _link_or_copy(inputs.tokenizer / name, model_dir / name)
+    parity = _read_json(inputs.tokenizer / layout.PARITY_REPORT)
     active_vocab_size = int(parity.get("vocab_size", config.vocab_size))
 
     versions = tool_versions()
     provenance = {"hf2mlc": versions["hf2mlc"], "apache-tvm": versions["apache-tvm"], "apache-tvm-ffi": versions["apache-tvm-ffi"]}
     chat = mlc_chat_config(
         config,
-        quantization=quantization,
-        context_window_size=settings["context_window_size"],
-        prefill_chunk_size=settings["prefill_chunk_size"],
-        ffn_out_dtype=overrides["overrides"].get("ffn_out_dtype", "float32"),
+        quantization=library["quantization"],
+        context_window_size=context_window_size,
+        prefill_chunk_size=prefill_chunk_size,
+        ffn_out_dtype=lib_info["spec"]["ffn_out_dtype"],
         conv_template=conv_template,
         tokenizer_fields=tokenizer_fields,
         generation=overrides.get("generation", {}),
@@ -216,25 +245,23 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
     lib_dir.mkdir()
     lib_files = []
     for rel in sorted(lib_info["files"]):
-        src = inputs["build"] / Path(rel).name
+        src = inputs.library / Path(rel).name
         # MLC's iOS app links the model libraries as one static archive of this name.
-        name = STATIC_LIB_NAME[device] if src.suffix == ".a" and device in STATIC_LIB_NAME else src.name
+        name = STATIC_LIB_NAME[spec.device] if src.suffix == ".a" and spec.device in STATIC_LIB_NAME else src.name
         _link_or_copy(src, lib_dir / name)
         lib_files.append(name)
-    model_lib = lib_info.get("system_lib_prefix") or lib_info.get("lib_name") or settings["model_id"]
-    model_lib = model_lib.rstrip("_")
-    vram = estimated_vram_bytes(config, param_bytes, settings["context_window_size"], settings["prefill_chunk_size"])
+    vram = estimated_vram_bytes(config, param_bytes, context_window_size, prefill_chunk_size)
 
     _dump_mlc_json(
         out / "bundle" / "mlc-app-config.json",
         {"model_list": [{"model_id": model_id, "model_lib": model_lib, "model_path": model_id, "estimated_vram_bytes": vram}]},
     )
-    source = settings["source"]
+    source = spec.source
     package_source = source.replace("hf://", "HF://").split("@")[0] if source.startswith("hf://") else f"bundle/{model_id}"
     _dump_mlc_json(
         out / "mlc-package-config.json",
         {
-            "device": device,
+            "device": spec.device,
             "model_list": [
                 {
                     "model": package_source,
@@ -242,8 +269,8 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
                     "estimated_vram_bytes": vram,
                     "bundle_weight": True,
                     "overrides": {
-                        "context_window_size": settings["context_window_size"],
-                        "prefill_chunk_size": chat["prefill_chunk_size"],
+                        "context_window_size": context_window_size,
+                        "prefill_chunk_size": prefill_chunk_size,
                     },
                     "model_lib": model_lib,
                 }
@@ -255,10 +282,10 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
         {"model_libs": [model_lib], "model_list": [{"model_url": package_source, "local_id": model_id}], "add_model_samples": []},
     )
     card = model_card(
-        settings=settings,
+        settings=spec.as_params(),
         chat_config=chat,
         evaluation=evaluation,
-        source_metadata=_source_card_metadata(inputs["model"]),
+        source_metadata=_source_card_metadata(inputs.model),
         lib_files=lib_files,
         model_lib=model_lib,
         estimated_vram=vram,
@@ -267,15 +294,15 @@ def make_package(inputs: dict[str, Path], out: Path, settings: dict[str, Any]) -
     (out / "README.md").write_text(card, encoding="utf-8")
 
 
-def record_version(log_path: Path, manifest: dict[str, Any], settings: dict[str, Any]) -> None:
+def record_version(log_path: Path, manifest: dict[str, Any], spec: PackageSpec) -> None:
     """Append one line per bundle produced to results/versions.jsonl (never rewritten)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     entry = {
         "version_id": manifest["version_id"],
-        "model_id": settings["model_id"],
-        "device": settings["device"],
-        "quantization": settings["quantization"],
-        "source": settings["source"],
+        "model_id": spec.model_id,
+        "device": spec.device,
+        "quantization": spec.quantization,
+        "source": spec.source,
         "inputs": manifest["inputs"],
         "produced_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -301,5 +328,5 @@ def hub_folder(package: Path) -> Iterator[Path]:
         for src in sorted((package / "lib").iterdir()):
             _link_or_copy(src, root / "lib" / src.name)
         _link_or_copy(package / "README.md", root / "README.md")
-        _link_or_copy(package / "manifest.json", root / "hf2mlc-manifest.json")
+        _link_or_copy(package / layout.MANIFEST, root / "hf2mlc-manifest.json")
         yield root

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .model.config import GELU_TANH, GPTNeoXConfig
+from .model.gpt_neox.config import GELU_TANH, GPTNeoXConfig
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def final_hidden_states(
     *,
     observe: Observer | None = None,
     cache: KVCache | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """The final-layer-normed residual stream ``[tokens, hidden]`` (float32) of the concatenated segments.
 
@@ -160,7 +161,8 @@ def final_hidden_states(
             x = _layer(config, weights, layer, x, cos, sin, spans, observe, cache)
             done = layer + 1
             left = (time.monotonic() - began) / done * (config.num_hidden_layers - done)
-            logger.debug("reference: layer %d/%d, about %.0f s left", done, config.num_hidden_layers, left)
+            if progress:
+                logger.info("reference: layer %d/%d, about %.0f s left", done, config.num_hidden_layers, left)
         if cache is not None:
             cache.advance([a.size for a in arrays])
         w, b = _param(weights, "gpt_neox.final_layer_norm")
@@ -330,7 +332,7 @@ def greedy_generate(
     began = time.monotonic()
     try:
         for done in range(max_new_tokens):
-            hidden = final_hidden_states(config, source, step, cache=cache)
+            hidden = final_hidden_states(config, source, step, cache=cache, progress=False)
             ends = np.cumsum([len(s) for s in step]) - 1
             head = torch.from_numpy(source("embed_out.weight"))
             with torch.inference_mode():

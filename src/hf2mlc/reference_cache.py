@@ -15,15 +15,15 @@ float32 (1 GB in float16), per model, read by every quantization.  What the metr
   With ``TOP_K = 1024`` the file is 8 KB per token (80 MB for 10,000 tokens); for vocabularies of at most
   ``TOP_K`` tokens (the demo's) everything is stored and the KL is exact.
 
-``reference.npz`` also holds the token rows themselves (inputs, targets, row offsets), so every build
-is fed exactly what the reference saw; ``reference.json`` records the text's and the model's digests;
-``answers.json`` holds the reference's greedy answers to the chat prompts under each template.
+``arrays/`` also holds the token rows themselves (inputs, targets, row offsets), so every build
+is fed exactly what the reference saw; ``reference.json`` records the text's and the model's digests.
+The reference's greedy answers to the chat prompts under each template (``answers.json``) are a second,
+smaller artefact (rule ``reference_answers``), so that a template edit does not recompute the text's.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,10 @@ logger = logging.getLogger(__name__)
 
 #: Reference logits kept per position (the largest ones, with their token ids).
 TOP_K = 1024
-ARRAYS = "reference.npz"
+#: Directory of the per-position arrays, one ``<name>.npy`` each (``np.save`` writes the same bytes for the
+#: same array, unlike ``np.savez``, whose zip entries carry the time of writing).
+ARRAYS = "arrays"
+ARRAY_NAMES = ("inputs", "targets", "offsets", "top_ids", "top_logits", "lse", "target_logit")
 SUMMARY = "reference.json"
 ANSWERS = "answers.json"
 
@@ -62,18 +65,10 @@ def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int32), np.take_along_axis(logits, ids, -1).astype(np.float32)
 
 
-def build_reference(
-    model_dir: Path,
-    out_dir: Path,
-    text: EvaluationText,
-    prompts: list[dict[str, Any]],
-    *,
-    answer_tokens: int,
-    model_digest: str,
-) -> dict[str, Any]:
-    """Write reference.npz / reference.json / answers.json for ``text`` into ``out_dir``; return the summary."""
-    from .model.config import GPTNeoXConfig
-    from .reference import greedy_generate, stream_logit_blocks
+def build_reference(model_dir: Path, out_dir: Path, text: EvaluationText, *, model_digest: str) -> dict[str, Any]:
+    """Write arrays/ and reference.json for ``text`` into ``out_dir``; return the summary."""
+    from .model.gpt_neox.config import GPTNeoXConfig
+    from .reference import stream_logit_blocks
 
     config = GPTNeoXConfig.from_file(model_dir)
     k = min(TOP_K, config.vocab_size)
@@ -85,31 +80,19 @@ def build_reference(
     top_logits = np.empty((n, k), dtype=np.float32)
     lse = np.empty(n, dtype=np.float64)
     target_logit = np.empty(n, dtype=np.float32)
-    began = time.monotonic()
     logger.info("reference: %d tokens of %s in %d rows", n, text.name, len(text.rows))
     for start, block in stream_logit_blocks(model_dir, [i for i, _ in text.rows]):
         stop = start + block.shape[0]
         top_ids[start:stop], top_logits[start:stop] = top_k(block, k)
         lse[start:stop] = log_sum_exp(block)
         target_logit[start:stop] = block[np.arange(block.shape[0]), targets[start:stop]]
-    seconds_logits = time.monotonic() - began
-    np.savez(
-        out_dir / ARRAYS,
-        inputs=inputs, targets=targets, offsets=offsets,
-        top_ids=top_ids, top_logits=top_logits, lse=lse, target_logit=target_logit,
-    )
+    arrays = {"inputs": inputs, "targets": targets, "offsets": offsets, "top_ids": top_ids,
+              "top_logits": top_logits, "lse": lse, "target_logit": target_logit}
+    (out_dir / ARRAYS).mkdir()
+    for name in ARRAY_NAMES:
+        np.save(out_dir / ARRAYS / f"{name}.npy", arrays[name], allow_pickle=False)
     nll = lse - target_logit.astype(np.float64)
     tail = np.clip(1.0 - np.exp(top_logits.astype(np.float64) - lse[:, None]).sum(axis=-1), 0.0, 1.0)
-
-    began = time.monotonic()
-    decode = load_tokenizer(model_dir).decode
-    answers = greedy_generate(
-        model_dir, [p["prompt_ids"] for p in prompts], max_new_tokens=answer_tokens,
-        stop_token_ids=[p["stop_token_ids"] for p in prompts],
-    ) if prompts else []
-    write_json(out_dir / ANSWERS, [
-        {**p, "answer_ids": ids, "answer": answer_text(ids, p, decode)} for p, ids in zip(prompts, answers)
-    ])
     summary = {
         "model": {"digest": model_digest, "vocab_size": config.vocab_size},
         "text": {
@@ -119,11 +102,28 @@ def build_reference(
         "top_k": k,
         "perplexity": float(np.exp(nll.mean())),
         "tail_mass": {"mean": float(tail.mean()), "p99": float(np.quantile(tail, 0.99)), "max": float(tail.max())},
-        "answer_tokens": answer_tokens,
-        "seconds": {"logits": round(seconds_logits, 3), "answers": round(time.monotonic() - began, 3)},
     }
-    write_json(out_dir / SUMMARY, {key: value for key, value in summary.items() if key != "seconds"})
+    write_json(out_dir / SUMMARY, summary)
     return summary
+
+
+def build_answers(model_dir: Path, out_dir: Path, prompts: list[dict[str, Any]], *, answer_tokens: int) -> list[dict[str, Any]]:
+    """Write answers.json: the reference's greedy answers to ``prompts`` (:func:`chat_prompts`' items).
+
+    Its own artefact, apart from the per-position arrays: a template edit re-answers a few prompts
+    instead of recomputing the reference on the whole text.
+    """
+    from .reference import greedy_generate
+
+    decode = load_tokenizer(model_dir).decode
+    ids = greedy_generate(
+        model_dir, [p["prompt_ids"] for p in prompts], max_new_tokens=answer_tokens,
+        stop_token_ids=[p["stop_token_ids"] for p in prompts],
+    )
+    answers = [{**p, "answer_ids": a, "answer": answer_text(a, p, decode), "answer_tokens": answer_tokens}
+               for p, a in zip(prompts, ids)]
+    write_json(out_dir / ANSWERS, answers)
+    return answers
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,16 @@ class Reference:
         return self.target_logit.astype(np.float64) - self.lse
 
 
-def read_reference(ref_dir: Path) -> Reference:
+def read_reference(ref_dir: Path, answers_dir: Path) -> Reference:
     import json
 
-    ref_dir = Path(ref_dir)
-    if not (ref_dir / ARRAYS).is_file() or not (ref_dir / SUMMARY).is_file():
-        raise UserError(f"{ref_dir}: not a reference directory ({ARRAYS}, {SUMMARY} missing); run rule reference.")
-    arrays = np.load(ref_dir / ARRAYS)
+    ref_dir, answers_dir = Path(ref_dir), Path(answers_dir)
+    paths = [ref_dir / SUMMARY, answers_dir / ANSWERS, *(ref_dir / ARRAYS / f"{n}.npy" for n in ARRAY_NAMES)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise UserError(f"{ref_dir}: not a complete reference ({', '.join(missing)} missing); run rule reference again.")
     return Reference(
         summary=json.loads((ref_dir / SUMMARY).read_text(encoding="utf-8")),
-        answers=json.loads((ref_dir / ANSWERS).read_text(encoding="utf-8")),
-        **{name: arrays[name] for name in arrays.files},
+        answers=json.loads((answers_dir / ANSWERS).read_text(encoding="utf-8")),
+        **{name: np.load(ref_dir / ARRAYS / f"{name}.npy", allow_pickle=False) for name in ARRAY_NAMES},
     )

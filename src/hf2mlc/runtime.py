@@ -4,8 +4,8 @@
 same runtime calls as MLC's engine (``vm.builtin.tensor_cache.load``, then
 ``vm.builtin.param_array_from_cache_by_name`` with the names in the library's ``_metadata()``),
 creates the paged KV cache through the library's ``create_tir_paged_kv_cache``, and drives it with
-the ``vm.builtin.kv_state_*`` calls around each ``prefill``/``decode``.  It is what the workflow uses
-to check a bundle before publishing it (logits against transformers, perplexity, chat), so it keeps
+the ``vm.builtin.kv_state_*`` calls around each ``prefill``/``decode``.  The workflow's check (logits
+against transformers), its evaluation (perplexity) and ``hf2mlc chat`` run host libraries with it, so it keeps
 the library's limits: at most ``prefill_chunk_size`` tokens per call (longer prompts are prefilled in
 chunks) and at most ``context_window_size`` tokens in the cache.
 """
@@ -23,7 +23,7 @@ from tvm import relax
 from tvm.runtime import ShapeTuple
 
 from .errors import UserError
-from .model.gpt_neox import KV_CACHE_FUNCTION
+from .model.gpt_neox.model import KV_CACHE_FUNCTION
 from .tensor_cache import check_library_params
 
 #: Tokens per KV-cache page (MLC's engine uses 16).

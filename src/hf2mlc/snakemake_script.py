@@ -1,6 +1,9 @@
 """The adapter between Snakemake's ``script:`` directive and the stage functions in :mod:`hf2mlc.stages`.
 
-It sends everything the stage prints (progress bars included) to the rule's ``log:`` file, and turns a
+A rule names its inputs, outputs and params as the stage's keyword arguments (an unnamed single output is
+``out_dir``; the ``code`` param is the rule's code digest, for Snakemake only), and a param whose argument
+is typed with a spec (:mod:`hf2mlc.spec`) arrives as that spec: :func:`run_rule` does the mapping for every
+stage, so a ``scripts/<stage>.py`` is one call. It sends everything the stage prints (progress bars included) to the rule's ``log:`` file, and turns a
 :class:`~hf2mlc.errors.UserError` into one clear line on the terminal and in the log, with a non-zero
 exit, instead of a traceback that buries the message.
 """
@@ -8,9 +11,11 @@ exit, instead of a traceback that buries the message.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -46,3 +51,46 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
             print(message, file=log)
             print(message, file=terminal)
             sys.exit(1)
+
+
+#: The log line that lists the hf2mlc modules a job loaded.
+LOADED_MODULES_LINE = "hf2mlc modules loaded: "
+#: Params and inputs that are for Snakemake only (rerun decisions, job order), not stage arguments.
+#: ``watched``: files a stage reads through a setting (an evaluation text named by path), inputs so that
+#: editing them reruns the job.
+WORKFLOW_ONLY = ("code", "gate", "watched")
+
+
+def stage_arguments(stage: Callable[..., Any], snakemake: Any) -> dict[str, Any]:
+    """The keyword arguments of ``stage`` for this job, from the rule's named input, output and params."""
+    hints = typing.get_type_hints(stage)
+    accepted = inspect.signature(stage).parameters
+    kwargs: dict[str, Any] = {}
+    for name, value in [*snakemake.input.items(), *snakemake.output.items(), *snakemake.params.items()]:
+        if name in WORKFLOW_ONLY:
+            continue
+        if name not in accepted:
+            raise TypeError(f"rule {snakemake.rule}: {name!r} is not an argument of hf2mlc.stages.{stage.__name__}")
+        hint = hints.get(name)
+        if hasattr(hint, "from_params"):
+            value = hint.from_params(dict(value))
+        elif isinstance(value, list):  # a named list of files (Snakemake's Namedlist)
+            value = [str(v) for v in value]
+        kwargs[name] = value
+    if "out_dir" in accepted and "out_dir" not in kwargs:
+        kwargs["out_dir"] = snakemake.output[0]
+    return kwargs
+
+
+def run_rule(stage_name: str, snakemake: Any) -> None:
+    """Run ``hf2mlc.stages.<stage_name>`` for a Snakemake job: its arguments mapped, its output logged."""
+    from . import stages
+
+    stage = getattr(stages, stage_name)
+    kwargs = stage_arguments(stage, snakemake)
+    # The one place every stage's inputs pass through before it reads them: verifying them against their
+    # producers' manifests (issue 10, manifest.verify_inputs) hooks in here, inside run_stage's error handling.
+    run_stage(snakemake, stage, **kwargs)
+    # What actually ran, for the test that holds each rule's code digest (hf2mlc.closure) to cover it.
+    with open(snakemake.log[0], "a", encoding="utf-8") as log:
+        print(f"{LOADED_MODULES_LINE}{' '.join(sorted(m for m in sys.modules if m.split('.')[0] == __package__))}", file=log)

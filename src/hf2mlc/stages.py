@@ -1,9 +1,11 @@
 """One function per workflow stage: plain arguments in, one finished output directory out.
 
 Each stage writes into a temporary sibling of its output and renames it into place only when everything
-(including ``manifest.json``) is written, so an interrupted run leaves nothing that looks complete. The
-Snakemake scripts in ``scripts/`` only unpack ``snakemake.input/params/output`` and call these; the
-``hf2mlc`` command line calls them too.
+(including ``manifest.json``) is written, so an interrupted run leaves nothing that looks complete. A
+stage's keyword arguments are its rule's input, output and params names: the Snakemake scripts hand them
+over through one adapter (:mod:`hf2mlc.snakemake_script`), and the ``hf2mlc`` command line calls them too.
+A stage imports what it uses inside its own body, so each rule's code digest (:mod:`hf2mlc.closure`)
+covers only the code that rule runs.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .errors import UserError
 from .manifest import Stopwatch, atomic_output_dir, read_manifest, write_json, write_manifest
+from .spec import PackageSpec, TargetSpec, WeightSpec
 
 log = logging.getLogger(__name__)
+#: A path argument, as Snakemake (str) or a caller (Path) gives it.
+StrPath = str | os.PathLike[str]
 
 
-def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str] = ".") -> None:
+def download(*, source: str, out_dir: StrPath, base_dir: StrPath = ".") -> None:
     """The model as a Hugging Face directory with a manifest: from the Hub, a local directory, or the demo."""
     from . import hub
 
@@ -45,7 +51,7 @@ def download(*, source: str, out_dir: str | os.PathLike[str], base_dir: str | os
         )
 
 
-def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def patch(*, model_dir: StrPath, family_file: StrPath, out_dir: StrPath) -> None:
     """Validate the family's conversation template against the model's tokenizer and emit MLC's object."""
     from . import families
 
@@ -55,12 +61,9 @@ def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[s
         report = families.validate_family(family, Path(model_dir))
         template = families.conv_template(family)
     with atomic_output_dir(out_dir) as tmp:
-        write_json(tmp / "conv_template.json", template)
-        write_json(tmp / "validation-report.json", report)
-        write_json(tmp / "overrides.json", {
-            "overrides": dict(getattr(family, "overrides", {}) or {}),
-            "generation": dict(getattr(family, "generation", {}) or {}),
-        })
+        write_json(tmp / layout.CONV_TEMPLATE, template)
+        write_json(tmp / layout.VALIDATION_REPORT, report)
+        write_json(tmp / layout.OVERRIDES, {"overrides": dict(family.overrides), "generation": dict(family.generation)})
         write_manifest(
             tmp,
             stage="patch",
@@ -70,90 +73,88 @@ def patch(*, model_dir: str | os.PathLike[str], family_file: str | os.PathLike[s
         )
 
 
-def convert(
-    *, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], quantization: str, ffn_out_dtype: str
-) -> None:
+def convert(*, model_dir: StrPath, out_dir: StrPath, spec: WeightSpec) -> None:
     """Quantized, sharded weights in MLC's tensor-cache format."""
     from .convert import convert_weights
 
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("convert"):
-            stats = convert_weights(Path(model_dir), tmp, quantization, ffn_out_dtype=ffn_out_dtype)
+            stats = convert_weights(Path(model_dir), tmp, spec.quantization.name, ffn_out_dtype=spec.ffn_out_dtype)
         watch.timings["convert_weights"] = float(stats.pop("seconds", 0.0))
         write_manifest(
             tmp,
             stage="convert",
             inputs={"model": model_dir},
-            params={"quantization": quantization, "ffn_out_dtype": ffn_out_dtype},
+            params=spec.as_params(),
             timings=watch.timings,
             resources={"peak_rss_mb": stats.pop("peak_rss_mb", 0.0)},
             extra={"stats": _json_safe(stats)},
         )
 
 
-def build(
-    *,
-    model_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    target: str,
-    quantization: str,
-    lib_name: str,
-    context_window_size: int,
-    prefill_chunk_size: int,
-    ffn_out_dtype: str,
-    max_logit_rel_error: float,
-) -> None:
-    """The model library for one target; a host library is also run and checked against transformers."""
+def compile(*, model_dir: StrPath, out_dir: StrPath, spec: TargetSpec) -> None:
+    """The model library for one target, with lib-info.json: its files and its own metadata. No weights:
+    the library takes them at run time, so it depends only on the model's config.json and the spec."""
     from .compile import compile_model
-    from .model.config import GPTNeoXConfig
+    from .model.gpt_neox.config import GPTNeoXConfig
 
     config = GPTNeoXConfig.from_file(Path(model_dir))
     watch = Stopwatch()
-    params = {
-        "target": target,
-        "quantization": quantization,
-        "lib_name": lib_name,
-        "context_window_size": context_window_size,
-        "prefill_chunk_size": prefill_chunk_size,
-        "ffn_out_dtype": ffn_out_dtype,
-    }
     with atomic_output_dir(out_dir) as tmp:
         with watch("compile"):
-            info = compile_model(
-                config,
-                quantization,
-                target,
-                tmp,
-                lib_name=lib_name,
-                context_window_size=context_window_size,
-                prefill_chunk_size=prefill_chunk_size,
-                ffn_out_dtype=ffn_out_dtype,
-            )
+            info = compile_model(config, spec, tmp)
         # Wall time belongs to the manifest's timings: lib-info.json must be the same bytes every build.
         watch.timings["compile_model"] = float(info.pop("seconds", 0.0))
-        write_json(tmp / "lib-info.json", _json_safe(info))
-        if target == "host":
-            from .evaluate import check_host_build
-
-            params["max_logit_rel_error"] = max_logit_rel_error
-            with watch("check"):
-                report = check_host_build(
-                    Path(model_dir), Path(weights_dir), tmp / f"{lib_name}.so", quantization,
-                    max_rel_error=max_logit_rel_error,
-                )
-            write_json(tmp / "check.json", report)
+        write_json(tmp / layout.LIB_INFO, _json_safe(info))
         write_manifest(
             tmp,
-            stage="build",
-            inputs={"model": model_dir, "weights": weights_dir},
-            params=params,
+            stage="compile",
+            inputs={"model": model_dir},
+            params=spec.as_params(),
             timings=watch.timings,
         )
 
 
-def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> None:
+def check(
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, out_dir: StrPath,
+    quantization: str, evaluation_text: str, max_logit_rel_error: float,
+) -> None:
+    """The host library run against transformers on its own weights: check.json, or a clear failure."""
+    from .check import check_host_build
+
+    lib = host_library(compile_dir)
+    watch = Stopwatch()
+    with watch("check"):
+        report = check_host_build(
+            Path(model_dir), Path(weights_dir), lib, quantization,
+            evaluation_text=evaluation_text, max_rel_error=max_logit_rel_error,
+        )
+    with atomic_output_dir(out_dir) as tmp:
+        write_json(tmp / layout.CHECK_REPORT, report)
+        write_manifest(
+            tmp,
+            stage="check",
+            inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir},
+            params={
+                "quantization": quantization,
+                "evaluation_text": evaluation_text,
+                "max_logit_rel_error": max_logit_rel_error,
+            },
+            timings=watch.timings,
+        )
+
+
+def host_library(compile_dir: StrPath) -> Path:
+    """The host library (.so) a compile output holds, as its lib-info.json lists it."""
+    info = json.loads((Path(compile_dir) / layout.LIB_INFO).read_text(encoding="utf-8"))
+    libs = [name for name in info["files"] if name.endswith(".so")]
+    if not libs:
+        raise UserError(f"{compile_dir}: no host library (.so) listed in {layout.LIB_INFO}; recompile the host target.")
+    return Path(compile_dir) / libs[0]
+
+
+def tokenizer(*, model_dir: StrPath, out_dir: StrPath) -> None:
     """tokenizer.json from spiece.model, with a 100 % parity report against SentencePiece."""
     from .tokenizer import build_tokenizer
 
@@ -170,119 +171,131 @@ def tokenizer(*, model_dir: str | os.PathLike[str], out_dir: str | os.PathLike[s
         )
 
 
-def reference(
-    *,
-    model_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    family_files: dict[str, str | os.PathLike[str]],
-    text: str,
-    max_tokens: int,
-    max_len: int,
-    prompts: str,
-    answer_tokens: int,
-) -> None:
-    """The float32 reference of the model on its evaluation text and chat prompts (rule reference)."""
-    from . import families
-    from .evaluation_text import chat_prompts, load_evaluation_text, load_prompts, load_tokenizer
+def reference(*, model_dir: StrPath, out_dir: StrPath, text: str, max_tokens: int, max_len: int) -> None:
+    """The float32 reference of the model on its evaluation text (rule reference), once per model and text."""
     from .convert import peak_rss_mb
+    from .evaluation_text import load_evaluation_text
     from .manifest import input_digest
     from .reference_cache import build_reference
 
     model_dir = Path(model_dir)
     watch = Stopwatch()
     evaluation_text = load_evaluation_text(model_dir, text, max_tokens=max_tokens, max_len=max_len)
-    templates = {name: families.conv_template(families.load_family(Path(path))) for name, path in family_files.items()}
-    own_family = families.load_family(Path(next(iter(family_files.values()))))
-    messages = [content for role, content in own_family.example_messages if role == "user"]
-    messages += [m for m in load_prompts(prompts) if m not in messages]
-    rendered = chat_prompts(templates, messages, load_tokenizer(model_dir).encode)
-    model_digest = input_digest(model_dir)
     with atomic_output_dir(out_dir) as tmp:
         with watch("reference"):
-            summary = build_reference(
-                model_dir, tmp, evaluation_text, rendered, answer_tokens=answer_tokens, model_digest=model_digest
-            )
-        watch.timings.update({f"reference_{k}": v for k, v in summary.pop("seconds").items()})
+            summary = build_reference(model_dir, tmp, evaluation_text, model_digest=input_digest(model_dir))
         write_manifest(
             tmp,
             stage="reference",
-            inputs={"model": model_dir, **{f"family_{name}": path for name, path in family_files.items()}},
-            params={"text": text, "max_tokens": max_tokens, "max_len": max_len, "prompts": prompts,
-                    "answer_tokens": answer_tokens, "templates": sorted(family_files)},
+            inputs={"model": model_dir},
+            params={"text": text, "max_tokens": max_tokens, "max_len": max_len},
             timings=watch.timings,
             resources={"peak_rss_mb": peak_rss_mb()},
             extra={"text": summary["text"], "model": summary["model"]},
         )
 
 
-def evaluate(
-    *,
-    model_dir: str | os.PathLike[str],
-    weights_dir: str | os.PathLike[str],
-    build_dir: str | os.PathLike[str],
-    reference_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    quantization: str,
+def reference_answers(
+    *, model_dir: StrPath, out_dir: StrPath, family_files: list[str], prompts: str, answer_tokens: int
 ) -> None:
-    """Perplexity (with interval), KL, agreement and greedy answers of the host build against the reference."""
-    from .evaluate import evaluate_build
+    """The reference's greedy answers to the chat prompts under each family file's template (the model's
+    own first), keyed by file name (``line``, ``seed-compat``)."""
+    from . import families
     from .convert import peak_rss_mb
+    from .evaluation_text import chat_prompts, load_prompts, load_tokenizer
+    from .reference_cache import build_answers
 
-    info = json.loads((Path(build_dir) / "lib-info.json").read_text(encoding="utf-8"))
-    libs = [name for name in info["files"] if name.endswith(".so")]
-    if not libs:
-        raise UserError(f"{build_dir}: no host library (.so) listed in lib-info.json; rebuild the host target.")
-    lib = Path(build_dir) / libs[0]
+    model_dir = Path(model_dir)
+    watch = Stopwatch()
+    loaded = {Path(path).stem: families.load_family(Path(path)) for path in family_files}
+    own = next(iter(loaded.values()))
+    messages = [content for role, content in own.example_messages if role == "user"]
+    messages += [m for m in load_prompts(prompts) if m not in messages]
+    templates = {name: families.conv_template(family) for name, family in loaded.items()}
+    rendered = chat_prompts(templates, messages, load_tokenizer(model_dir).encode)
+    with atomic_output_dir(out_dir) as tmp:
+        with watch("answers"):
+            build_answers(model_dir, tmp, rendered, answer_tokens=answer_tokens)
+        write_manifest(
+            tmp,
+            stage="reference_answers",
+            inputs={"model": model_dir, **{f"family_{Path(path).stem}": path for path in family_files}},
+            params={"prompts": prompts, "answer_tokens": answer_tokens, "templates": list(loaded)},
+            timings=watch.timings,
+            resources={"peak_rss_mb": peak_rss_mb()},
+        )
+
+
+def evaluate(
+    *, model_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath, check_dir: StrPath, reference_dir: StrPath,
+    answers_dir: StrPath, out_dir: StrPath, quantization: str,
+) -> None:
+    """Perplexity (with interval), KL, agreement and greedy answers of the (checked) host build against the
+    stored float32 reference."""
+    from .convert import peak_rss_mb
+    from .evaluate import evaluate_build
+
+    lib = host_library(compile_dir)
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("evaluate"):
-            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, Path(reference_dir), tmp)
+            evaluate_build(Path(model_dir), Path(weights_dir), lib, quantization, Path(reference_dir), Path(answers_dir), tmp)
         write_manifest(
             tmp,
             stage="evaluate",
-            inputs={"model": model_dir, "weights": weights_dir, "build": build_dir, "reference": reference_dir},
+            inputs={"model": model_dir, "weights": weights_dir, "compile": compile_dir, "check": check_dir,
+                    "reference": reference_dir, "answers": answers_dir},
             params={"quantization": quantization},
             timings=watch.timings,
             resources={"peak_rss_mb": peak_rss_mb()},
         )
 
 
-def package(*, inputs: dict[str, str], out_dir: str | os.PathLike[str], settings: dict[str, Any], versions_log: str | os.PathLike[str] | None = None) -> None:
+def package(
+    *, model_dir: StrPath, patch_dir: StrPath, tokenizer_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath,
+    evaluate_dir: StrPath, out_dir: StrPath, spec: PackageSpec, versions_log: StrPath | None = None,
+) -> None:
     """The bundle in MLC LLM's layout, with its model card; records its version in results/versions.jsonl."""
-    from .package import make_package
+    from .gate import read_verdict
+    from .package import PackageInputs, make_package, record_version
 
+    inputs = PackageInputs(
+        model=Path(model_dir),
+        patch=Path(patch_dir),
+        tokenizer=Path(tokenizer_dir),
+        weights=Path(weights_dir),
+        library=Path(compile_dir),
+        evaluate=Path(evaluate_dir),
+    )
     watch = Stopwatch()
     with atomic_output_dir(out_dir) as tmp:
         with watch("package"):
-            make_package({k: Path(v) for k, v in inputs.items()}, tmp, settings)
-        from .gate import read_verdict
-
+            make_package(inputs, tmp, spec)
         manifest = write_manifest(
             tmp,
             stage="package",
-            inputs=inputs,
-            params=settings,
+            inputs=inputs.as_roles(),
+            params=spec.as_params(),
             timings=watch.timings,
             extra={"quality_gate": read_verdict(tmp)},
         )
     if versions_log is not None:
-        from .package import record_version
-
-        record_version(Path(versions_log), manifest, settings)
+        record_version(Path(versions_log), manifest, spec)
 
 
-def upload(*, records: dict[str, dict[str, Any]], enabled: bool, private: bool) -> None:
-    """Publish each bundle (record path → {package, repo}); write what was (or would be) sent."""
+def upload(*, packages: list[str], records: list[str], repos: dict[str, str], enabled: bool, private: bool) -> None:
+    """Publish each bundle (``packages[i]`` to ``repos[records[i]]``); write what was (or would be) sent
+    to ``records[i]``."""
     from . import hub
     from .gate import require_pass
     from .package import hub_folder
 
-    for job in records.values():  # every bundle is checked before any is sent
-        require_pass(Path(job["package"]))
-    for record_path, job in records.items():
-        package_dir = Path(job["package"])
+    for package_path in packages:  # every bundle is checked before any is sent
+        require_pass(Path(package_path))
+    for record_path, package_path in zip(records, packages, strict=True):
+        package_dir = Path(package_path)
         with hub_folder(package_dir) as folder:
-            record = hub.upload(folder, repo_id=job["repo"], private=private, enabled=enabled,
+            record = hub.upload(folder, repo_id=repos[record_path], private=private, enabled=enabled,
                                 version_id=read_manifest(package_dir)["version_id"])
         Path(record_path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(record_path), _json_safe(record))

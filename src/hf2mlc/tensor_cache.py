@@ -262,7 +262,7 @@ class TensorCacheWriter:
         self._disk.submit(functools.partial(target.close, self.out_dir / shard["dataPath"]))
         self._open_nbytes = 0
 
-    def finish(self, metadata: dict[str, Any] | Callable[[], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    def finish(self, metadata: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Commit the open shard, wait for the disk, write the JSON files; return the shard records."""
         self._commit()
         if self._open is not None:  # only empty tensors were left open
@@ -271,7 +271,7 @@ class TensorCacheWriter:
         if self._open is not None:
             self._open.path.unlink()
             self._open = None
-        meta = {} if metadata is None else metadata() if callable(metadata) else metadata
+        meta = {} if metadata is None else metadata
         _write_cache_json(self.out_dir / CACHE_JSON, meta, self.shards)
         b16 = copy.deepcopy(self.shards)
         encoded = False

@@ -52,6 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .errors import UserError
 from .manifest import write_json
 
@@ -59,7 +60,7 @@ SPIECE_NAME = "spiece.model"
 TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
-PARITY_REPORT = "parity-report.json"
+PARITY_REPORT = layout.PARITY_REPORT
 DEFAULT_CASES = "tokenizer_cases_ja.txt"
 
 #: Files MLC's ``gen_config`` copies next to the weights, in the order it looks for them.

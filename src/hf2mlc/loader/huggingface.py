@@ -11,7 +11,7 @@ Weights come from ``model.safetensors`` / ``model.safetensors.index.json`` (pref
 * PyTorch pickles are opened with ``torch.load(mmap=True, weights_only=True)``, which maps the file
   and builds tensors lazily; after a tensor is copied out its pages are released (``madvise``).
 
-Names are mapped to the ones :func:`hf2mlc.model.params.param_specs` uses: the ``gpt_neox.`` prefix
+Names are mapped to the ones :func:`hf2mlc.model.gpt_neox.params.param_specs` uses: the ``gpt_neox.`` prefix
 is added where a checkpoint lacks it; transformers 5's ``lm_head.weight`` is read as
 ``embed_out.weight``; buffers that are not weights (``attention.bias``, ``attention.masked_bias``,
 ``rotary_emb.inv_freq``; LINE's .bin stores the first two as ``torch.BoolStorage``) are dropped;
@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..model.config import GPTNeoXConfig
+from ..model.gpt_neox.config import GPTNeoXConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Model definitions: the GPT-NeoX architecture as MLC LLM lays it out."""
+"""Model definitions, one package per architecture MLC LLM names (``model_type``): ``gpt_neox``."""

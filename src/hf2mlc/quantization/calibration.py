@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..model.config import GPTNeoXConfig
+from ..model.gpt_neox.config import GPTNeoXConfig
 from ..reference import HEAD_NAME as HEAD
 from ..reference import LINEARS as LAYER_LINEARS
 from . import Method, Quantization

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...quantization import Quantization
 from .config import GPTNeoXConfig
 
 
@@ -75,12 +76,8 @@ def _layer_norm(name: str, size: int, dtype: str) -> list[ParamSpec]:
     ]
 
 
-def param_specs(config: GPTNeoXConfig, quantization, *, ffn_out_dtype: str = "float32") -> list[ParamSpec]:
-    """The full, ordered parameter list for ``config`` under ``quantization``.
-
-    ``quantization`` is a :class:`hf2mlc.quantization.Quantization` (duck-typed here to keep this module
-    free of numpy and tvm imports).
-    """
+def param_specs(config: GPTNeoXConfig, quantization: Quantization, *, ffn_out_dtype: str = "float32") -> list[ParamSpec]:
+    """The full, ordered parameter list for ``config`` under ``quantization``."""
     dtype = quantization.model_dtype
     hidden, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     specs: list[ParamSpec] = []

@@ -1,7 +1,7 @@
 """GPT-NeoX as a TVM ``nn.Module`` with a paged KV cache, exporting the functions MLC LLM's engine calls.
 
 The module mirrors MLC LLM's own ``gpt_neox`` model so that a library built here is a drop-in MLC model
-library: the same parameter names, order, shapes and dtypes (:mod:`hf2mlc.model.params` is the
+library: the same parameter names, order, shapes and dtypes (:mod:`hf2mlc.model.gpt_neox.params` is the
 contract, and a test holds this module to it), the same dtype flow (MLP in ``ffn_out_dtype``,
 ``embed_out`` then float32 logits) and the same exported functions and argument specs (``embed``,
 ``prefill``, ``decode``, ``batch_prefill``, ``batch_decode``, ``batch_verify``, the KV-cache
@@ -26,8 +26,8 @@ from tvm.relax.frontend.nn import Tensor, op
 from tvm.relax.frontend.nn.llm.kv_cache import PagedKVCache, RopeMode, TIRPagedKVCache
 from tvm.target import Target
 
-from ..quantization import Quantization, get_quantization
-from ..quantization.nn import quantize_model
+from ...quantization import Quantization, get_quantization
+from ...quantization.nn import quantize_model
 from .config import GELU_TANH, GPTNeoXConfig
 
 #: What the engine calls the KV-cache constructor in a model library (MLC's compile renames the

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ...errors import UserError
 
 #: Activation names GPT-NeoX checkpoints use; all are the exact (erf) GELU except ``gelu_new``/
 #: ``gelu_fast``/``gelu_pytorch_tanh``, which are the tanh approximation.

@@ -1,0 +1,163 @@
+"""Is the compiled model right? The host library against the float32 reference, on the numbers it holds.
+
+:func:`check_host_build` runs a prefill and a few decode steps of the host library and compares its logits
+with :mod:`hf2mlc.reference`'s streaming float32 forward on the **same numbers** (for a quantized build,
+the dequantized weights of its tensor cache: :class:`hf2mlc.reference.TensorCacheWeights`), one layer's
+weights in memory at a time. A relative error above the bound fails the check, and the iPhone compile
+waits on the check, so a wrong library never reaches a device. :func:`dequantized_reference` is the same
+reference as transformers builds it, whole in memory: what the tests hold the library and the streaming
+weight source to. What quantization
+*cost* is measured elsewhere (:mod:`hf2mlc.evaluate`).
+"""
+
+from __future__ import annotations
+
+import gc
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .model.gpt_neox.config import GPTNeoXConfig
+
+#: Decode steps compared by the check (after a prefill of the rest of the prompt).
+CHECK_DECODE_STEPS = 4
+CHECK_TOKENS = 40
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def original_reference(model_dir: Path):
+    """The checkpoint as transformers loads it, in float32 (the gold standard)."""
+    torch = _torch()
+    from transformers import GPTNeoXForCausalLM
+
+    model = GPTNeoXForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    return model.eval()
+
+
+def dequantized_reference(model_dir: Path, weights_dir: Path, quantization: str):
+    """transformers' GPT-NeoX holding exactly the numbers of a tensor cache (dequantized, qkv order undone).
+
+    This separates "the compiled model is right" from "quantization lost accuracy": against this reference
+    a correct build of any quantization agrees to float16 rounding. Tensors are copied in one at a time
+    into the loaded float32 model, so memory stays at the model plus one tensor.
+    """
+    torch = _torch()
+
+    from .loader.huggingface import reorder_qkv
+    from .quantization import get_quantization
+    from .quantization.group import dequantize
+    from .tensor_cache import read_tensor_cache
+
+    q = get_quantization(quantization)
+    config = GPTNeoXConfig.from_file(model_dir)
+    model = original_reference(model_dir)
+    output = model.get_output_embeddings()
+    if output.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+        # Tied in transformers, separate in MLC's layout: give the output projection its own tensor.
+        output.weight = torch.nn.Parameter(output.weight.detach().clone())
+    params = dict(model.named_parameters())
+    out_name = next(name for name, p in params.items() if p is output.weight)
+    cache = read_tensor_cache(weights_dir)
+    for name, array in cache.items():
+        if name.endswith(".q_scale"):
+            continue
+        if name.endswith(".q_weight"):
+            base = name[: -len(".q_weight")]
+            scale = cache[f"{base}.q_scale"]
+            in_features = config.intermediate_size if base.endswith("dense_4h_to_h") else config.hidden_size
+            if q.linear_weight_layout == "KN" and base != "gpt_neox.embed_in":
+                array, scale = array.T, scale.T
+            array, name = dequantize(array, scale, q, axis=-1, size=in_features), f"{base}.weight"
+        array = np.asarray(array, dtype=np.float32)
+        if ".attention.query_key_value." in name:
+            array = _undo_qkv(array, config.num_attention_heads, reorder_qkv)
+        target = params[out_name if name == "embed_out.weight" else name]
+        if tuple(target.shape) != array.shape:
+            raise RuntimeError(f"{name}: cache shape {array.shape} does not match transformers' {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+    return model
+
+
+def _undo_qkv(array: np.ndarray, heads: int, reorder) -> np.ndarray:
+    """Inverse of MLC's [head, (q|k|v)] → [(q|k|v), head] row reorder."""
+    rows = array.shape[0]
+    head_dim = rows // (3 * heads)
+    rest = array.shape[1:]
+    out = array.reshape(3, heads, head_dim, *rest).swapaxes(0, 1)
+    undone = np.ascontiguousarray(out).reshape(array.shape)
+    assert np.array_equal(reorder(undone, heads), array)
+    return undone
+
+
+def transformers_logits(model, ids: list[int]) -> np.ndarray:
+    torch = _torch()
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([ids], dtype=torch.long), use_cache=False)
+    return out.logits[0].float().numpy()
+
+
+# ---------------------------------------------------------------- the check
+
+
+def _rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+
+def check_host_build(
+    model_dir: Path, weights_dir: Path, lib_path: Path, quantization: str, *, evaluation_text: str, max_rel_error: float
+) -> dict[str, Any]:
+    """Prefill + decode logits of the host library against the streaming float32 reference on the same
+    numbers (the dequantized tensor cache for a quantized build, the checkpoint otherwise); fail above the bound.
+
+    The reference streams the weights layer by layer (:mod:`hf2mlc.reference`): one layer's float32 weights
+    in memory, not the whole model, and no wait for the evaluation's reference on the whole text.
+    """
+    from .evaluation_text import load_evaluation_text
+    from .quantization import get_quantization
+    from .reference import TensorCacheWeights, stream_forward
+    from .runtime import Engine
+
+    text = load_evaluation_text(model_dir, evaluation_text, max_tokens=CHECK_TOKENS, max_len=CHECK_TOKENS)
+    ids = text.rows[0][0]
+    if len(ids) <= CHECK_DECODE_STEPS + 1:
+        raise UserError(f"{model_dir}: the first document of evaluation text {evaluation_text!r} is too short for the build check.")
+    split = len(ids) - CHECK_DECODE_STEPS
+    engine = Engine(lib_path, weights_dir)
+    logits = [engine.prefill(ids[:split])]
+    for token in ids[split:-1]:
+        logits.append(engine.decode(token))
+    ours = np.stack(logits)
+    del engine
+    gc.collect()
+    quantized = get_quantization(quantization).kind != "no-quant"
+    source = TensorCacheWeights(weights_dir, GPTNeoXConfig.from_file(model_dir), quantization) if quantized else None
+    ref = stream_forward(model_dir, np.asarray(ids[:-1]), weights=source)[split - 1 :]
+    per_position = [_rel_error(a, b) for a, b in zip(ours, ref)]
+    worst = max(per_position)
+    report = {
+        "quantization": quantization,
+        "reference": "hf2mlc streaming float32 reference, "
+        + ("dequantized weights from the tensor cache" if quantized else "the checkpoint's weights"),
+        "tokens": len(ids) - 1,
+        "compared": "prefill of %d tokens, then %d decode steps" % (split, len(per_position) - 1),
+        "rel_error_per_position": [round(e, 8) for e in per_position],
+        "max_rel_error": round(worst, 8),
+        "bound": max_rel_error,
+        "argmax_agreement": float(np.mean(ours.argmax(-1) == ref.argmax(-1))),
+        "passed": worst <= max_rel_error,
+    }
+    if not report["passed"]:
+        raise UserError(
+            f"{lib_path.name}: the host build's logits differ from the float32 reference by {worst:.3g} (relative), above "
+            f"max_logit_rel_error {max_rel_error} (config/config.yaml). The compiled model is wrong for this "
+            "checkpoint; nothing downstream (the iPhone build) will be made from it."
+        )
+    return report

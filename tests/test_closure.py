@@ -1,0 +1,70 @@
+"""Each rule's code digest is computed from the code (hf2mlc.closure): what it must and must not cover.
+
+The end-to-end oracle — every module a real job loaded is in its rule's closure, and editing a deep module
+reruns exactly the rules that import it — is in tests/test_workflow.py; these check the reading itself.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from hf2mlc.closure import PACKAGE_DIR, rule_files
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = {
+    match["rule"]: match["stage"]
+    for path in sorted((REPO / "rules").glob("*.smk"))
+    for match in re.finditer(r"^rule (?P<rule>\w+):.*?code=code_version\(\"(?P<stage>\w+)\"\)", path.read_text(), re.S | re.M)
+}
+
+
+def _names(stage: str) -> set[str]:
+    files = rule_files(stage, REPO)
+    return {p.relative_to(PACKAGE_DIR).as_posix() if p.is_relative_to(PACKAGE_DIR) else f"scripts/{p.name}" for p in files}
+
+
+def test_every_rule_digests_its_own_stage() -> None:
+    assert RULES == {name: name for name in ("download", "patch", "convert", "compile", "check", "tokenizer",
+                                             "reference", "reference_answers", "evaluate", "package",
+                                             "upload")}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["download", "patch", "convert", "compile", "check", "tokenizer", "reference",
+                                   "reference_answers", "evaluate", "package", "upload"])
+def test_every_rule_covers_its_script_the_adapter_and_the_stage_module(stage: str) -> None:
+    names = _names(stage)
+    assert {f"scripts/{stage}.py", "scripts/_adapter.py", "snakemake_script.py", "stages.py", "__init__.py"} <= names
+    # The spec types the adapter builds (and the registry they hold) are in every rule.
+    assert {"spec.py", "quantization/__init__.py", "layout.py", "manifest.py", "errors.py"} <= names
+
+
+def test_lazy_imports_inside_functions_are_followed() -> None:
+    # check_host_build imports the streaming reference inside its body, whose cache source imports the packers.
+    assert {"check.py", "reference.py", "quantization/group.py", "loader/huggingface.py", "tensor_cache.py",
+            "runtime.py"} <= _names("check")
+    assert "reference_cache.py" in _names("evaluate")  # the stored reference, imported inside evaluate_build
+    assert {"reference.py", "reference_cache.py", "evaluation_text.py", "loader/huggingface.py"} <= _names("reference")
+
+
+def test_a_rule_does_not_cover_other_stages_code() -> None:
+    compile_names = _names("compile")
+    assert {"compile.py", "compiler_pass/cpu_schedule.py", "model/gpt_neox/model.py", "quantization/nn.py"} <= compile_names
+    assert not {"check.py", "evaluate.py", "quantization/group.py", "tokenizer.py", "package.py", "convert.py"} & compile_names
+    # The demo renders prompts with families.render_prompt; validating a family (tokenizer.py) is patch's.
+    download = _names("download")
+    assert {"demo.py", "families.py", "hub/fetch.py"} <= download and "tokenizer.py" not in download
+    assert "tokenizer.py" in _names("patch") and "tokenizer.py" in _names("package")
+
+
+def test_package_data_a_module_names_is_covered() -> None:
+    # (The evaluation texts and prompt lists are named by config, not code: they are the rules' watched inputs.)
+    assert "data/tokenizer_cases_ja.txt" in _names("tokenizer")
+    assert not any(name.startswith("data/") for name in _names("compile"))
+
+
+def test_unknown_stage_is_refused() -> None:
+    with pytest.raises(ValueError, match="no stage function 'build'"):
+        rule_files("build", REPO)
