@@ -259,6 +259,60 @@ def _host(results: dict[str, Any]) -> str:
     )
 
 
+ANCHOR_HEADING = "## Side by side with llama.cpp (issue 11)"
+
+
+def _anchor(results: dict[str, Any]) -> str:
+    a = results.get("anchor")
+    if not a:
+        return "Not run."
+    hf, ll, r = a["hf2mlc"], a["llama"], a["ratios"]
+    m = results["machine"]
+    shared = max((run.get("other_cores") or 0) for run in (hf["convert"], hf["speed"], ll["quantize"], ll["speed"])) > 0.5
+    # on a shared machine a ratio says how the two cope with the load, not how they compare idle
+    met = lambda ok: ("met" if ok else "**not met**") + (" (machine shared: rerun idle)" if shared else "")  # noqa: E731
+    rows = [
+        ["fp16 → 4-bit conversion", f"{_s(hf['convert']['call_seconds'])} (`{a['quantization']}`)",
+         f"{_s(ll['quantize']['call_seconds'])} (Q4_0)", f"{r['convert_time']:.2f}× the time", "≤ 1.0×",
+         met(r["convert_time"] <= 1.0), f"{_others(hf['convert'])} / {_others(ll['quantize'])}"],
+        [f"prefill, {a['prompt_len']} tokens", f"{hf['speed']['prefill_tokens_per_s']:.2f} tok/s",
+         f"{ll['speed']['prefill_tokens_per_s']:.2f} tok/s", f"{r['prefill']:.2f}× the speed", "≥ 1.0×",
+         met(r["prefill"] >= 1.0), f"{_others(hf['speed'])} / {_others(ll['speed'])}"],
+        [f"decode, {a['decode_tokens']} greedy steps", f"{hf['speed']['decode_tokens_per_s']:.2f} tok/s",
+         f"{ll['speed']['decode_tokens_per_s']:.2f} tok/s", f"{r['decode']:.2f}× the speed", "≥ 1.0×",
+         met(r["decode"] >= 1.0), f"{_others(hf['speed'])} / {_others(ll['speed'])}"],
+    ]
+    table = _table(["same checkpoint, {} threads, one run".format(a["threads"]), "hf2mlc", f"llama.cpp {ll['version']}",
+                    "hf2mlc / llama.cpp", "goal", "status", "other work (cores): hf2mlc / llama.cpp"], rows)
+    load = m.get("load_at_start") or {}
+    return table + (
+        f"\n\nMeasured {m.get('date', '')} on {m.get('cpu_model', '')}, {m.get('cores', '?')} usable cores, hf2mlc commit {m.get('commit', '?')}; load average "
+        f"at the start of the run {load.get('load_1m', '?')} / {load.get('load_5m', '?')} / {load.get('load_15m', '?')}. "
+        "\"other work\" is how many cores other processes kept busy during each measurement: when it is well above 0 "
+        "the machine was shared and every figure here is slower than on an idle machine (spinning thread pools, "
+        "llama.cpp's OpenMP and TVM's alike, suffer most in decode). "
+        f"hf2mlc: `convert_weights` to `{a['quantization']}` from the safetensors checkpoint (page cache warm), then the "
+        f"host library through hf2mlc's engine with TVM_NUM_THREADS={a['threads']}. llama.cpp: llama-cpp-python "
+        f"{ll['version']} built from its sdist (`{ll.get('system_info', '').strip()}`), AMX off; the checkpoint as a "
+        f"float16 GGUF written with `gguf` ({_gb(ll['gguf']['bytes'])}, {_s(ll['gguf']['seconds'])}, not counted), "
+        f"`llama_model_quantize` to Q4_0 with nthread={a['threads']} (what `llama-quantize` runs), then `Llama.eval` "
+        f"with n_threads={a['threads']}. Both get the same {a['prompt_len']} prompt token ids and decode greedily."
+    )
+
+
+def splice_section(previous: str, heading: str, body: str) -> str:
+    """``previous`` with the section under ``heading`` replaced by ``body`` (or added before the
+    workflow section): a run of one section updates its part of RESULTS.md and keeps the rest."""
+    section = f"{heading}\n\n{body.strip()}\n"
+    start = previous.find(heading + "\n")
+    if start < 0:
+        anchor = previous.find("\n## Workflow reruns")
+        start = end = anchor + 1 if anchor >= 0 else len(previous)
+        return previous[:start] + section + "\n" + previous[end:]
+    end = previous.find("\n## ", start + len(heading))
+    return previous[:start] + section + (previous[end:] if end >= 0 else "")
+
+
 def _workflow(results: dict[str, Any]) -> str:
     wf = results.get("workflow")
     if not wf:
@@ -281,7 +335,10 @@ def _workflow(results: dict[str, Any]) -> str:
     )
 
 
-def render(results: dict[str, Any]) -> str:
+def render(results: dict[str, Any], previous: str | None = None) -> str:
+    """The whole report; a run of only the anchor section updates that section of ``previous``."""
+    if previous and set(results["sections"]) <= {"checkpoint", "anchor"} and "anchor" in results["sections"]:
+        return splice_section(previous, ANCHOR_HEADING, _anchor(results))
     scale = results["scale"]
     s = results["shape"]
     title = ("LINE-shaped 3.6B checkpoint" if scale == "full"
@@ -299,6 +356,7 @@ def render(results: dict[str, Any]) -> str:
         "## Weight conversion", _convert(results),
         "## Compile", _compile(results),
         "## Host prefill and decode", _host(results),
+        ANCHOR_HEADING, _anchor(results),
         "## Workflow reruns", _workflow(results),
     ]
     if results.get("errors"):

@@ -36,7 +36,10 @@ if str(REPO) not in sys.path:
 
 from benchmarks import machine, report, synthetic, workflow_bench  # noqa: E402
 
-SECTIONS = ("checkpoint", "convert", "compile", "host", "workflow")
+SECTIONS = ("checkpoint", "convert", "compile", "host", "anchor", "workflow")
+#: The llama.cpp side by side (issue 11): threads of both engines, prompt and decode steps, one run each.
+ANCHOR = {"threads": 2, "prompt_len": 32, "decode_tokens": 16}
+LLAMA_PYTHON = REPO / "benchmarks" / "work" / "llama-venv" / "bin" / "python"
 QUANTIZATIONS = ("q4f16_0", "q0f16")
 #: (target, quantization) of each library: the workflow's device builds and the host builds of both.
 BUILDS = (("iphone", "q4f16_0"), ("mac", "q0f16"), ("host", "q4f16_0"), ("host", "q0f16"))
@@ -68,6 +71,7 @@ class Bench:
         self.ffn_out_dtype = ffn_out_dtype
         self.timeout = timeout
         self.targets = ("iphone", "mac", "host")
+        self.llama_python = LLAMA_PYTHON
         self.checkpoint = work / f"line-3.6b-synthetic-{scale}"
         self.out = work / scale  # weights, libraries and logs of this scale
         self.logs = self.out / "logs"
@@ -84,8 +88,10 @@ class Bench:
     def lib_name(self, target: str, quantization: str) -> str:
         return f"line-3_6b-synthetic-{quantization}-MLC-{target}"
 
-    def worker(self, task: str, args: dict[str, Any], name: str) -> dict[str, Any]:
-        """Run one measurement in a fresh process; its output goes to logs/<name>.log."""
+    def worker(self, task: str, args: dict[str, Any], name: str, *, python: Path | None = None,
+               module: str = "benchmarks.worker", env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Run one measurement in a fresh process; its output goes to logs/<name>.log.  ``python``
+        and ``module`` pick another interpreter and worker (the llama.cpp anchor's own venv)."""
         self.logs.mkdir(parents=True, exist_ok=True)
         out_json = self.logs / f"{name}.json"
         out_json.unlink(missing_ok=True)
@@ -95,8 +101,9 @@ class Bench:
         start = time.perf_counter()
         with open(log, "w") as handle:
             proc = subprocess.run(
-                [sys.executable, "-m", "benchmarks.worker", task, json.dumps(args), str(out_json)],
+                [str(python or sys.executable), "-m", module, task, json.dumps(args), str(out_json)],
                 cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, timeout=self.timeout,
+                env={**os.environ, **(env or {})},
             )
         seconds = time.perf_counter() - start
         busy_after = machine.busy_cpu_seconds()
@@ -240,6 +247,16 @@ def section_convert(bench: Bench) -> None:
                                 "baseline_names": names, **out}
 
 
+def section_compile_one(bench: Bench, target: str, quant: str) -> dict[str, Any]:
+    """Compile one library of the checkpoint with the workflow's settings for its target."""
+    settings = host_settings()
+    return bench.worker("compile", {
+        "model_dir": str(bench.checkpoint), "quantization": quant, "target": target,
+        "out_dir": str(bench.build_dir(target, quant)), "lib_name": bench.lib_name(target, quant),
+        "ffn_out_dtype": bench.ffn_out_dtype, **settings[target],
+    }, f"compile-{target}-{quant}")
+
+
 def section_compile(bench: Bench) -> None:
     settings = host_settings()
     out: dict[str, Any] = {}
@@ -248,11 +265,7 @@ def section_compile(bench: Bench) -> None:
             continue
         key = f"{target}-{quant}"
         try:
-            result = bench.worker("compile", {
-                "model_dir": str(bench.checkpoint), "quantization": quant, "target": target,
-                "out_dir": str(bench.build_dir(target, quant)), "lib_name": bench.lib_name(target, quant),
-                "ffn_out_dtype": bench.ffn_out_dtype, **settings[target],
-            }, f"compile-{key}")
+            result = section_compile_one(bench, target, quant)
         except Exception as err:  # one failed target must not hide the others' numbers
             out[key] = {"error": str(err)[-1500:]}
             bench.results["errors"][f"compile {key}"] = out[key]["error"]
@@ -312,17 +325,62 @@ def section_host(bench: Bench) -> None:
     bench.results["host"] = out
 
 
+def section_anchor(bench: Bench) -> None:
+    """hf2mlc next to llama.cpp on the same checkpoint and threads, one run each: fp16 -> 4-bit
+    conversion (hf2mlc q4f16_0 from safetensors; llama.cpp's Q4_0 quantizer from a float16 GGUF of
+    the same tensors), prefill of the same prompt, greedy decode steps."""
+    python = Path(bench.llama_python)
+    if not python.is_file():
+        raise RuntimeError(f"no {python}: make the anchor's venv (benchmarks/README.md, llama.cpp side by side)")
+    threads = ANCHOR["threads"]
+    env = {"TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    quant = "q4f16_0"
+    weights = bench.out / "anchor" / quant
+    prepare_disk(bench.checkpoint, warm=True)
+    convert = bench.worker("convert", {"model_dir": str(bench.checkpoint), "out_dir": str(weights), "quantization": quant,
+                                       "ffn_out_dtype": bench.ffn_out_dtype}, "anchor-convert", env=env)
+    lib = bench.build_dir("host", quant) / f"{bench.lib_name('host', quant)}.so"
+    if not lib.is_file():
+        section_compile_one(bench, "host", quant)
+    speed = {"vocab_size": bench.shape["vocab_size"], "prompt_len": ANCHOR["prompt_len"],
+             "decode_tokens": ANCHOR["decode_tokens"], "repeats": 1}
+    hf2mlc = bench.worker("host_tvm", {**speed, "lib": str(lib), "weights_dir": str(weights),
+                                       "logits_out": str(bench.logs / "logits-anchor.npy")}, "anchor-hf2mlc", env=env)
+    f16, q4_0 = bench.out / "anchor" / "model-f16.gguf", bench.out / "anchor" / "model-q4_0.gguf"
+    gguf = bench.worker("gguf", {"model_dir": str(bench.checkpoint), "out": str(f16)}, "anchor-gguf",
+                        python=python, module="benchmarks.anchor")
+    os.sync()
+    quantize = bench.worker("quantize", {"source": str(f16), "out": str(q4_0), "threads": threads}, "anchor-quantize",
+                            python=python, module="benchmarks.anchor", env=env)
+    llama = bench.worker("speed", {**speed, "model": str(q4_0), "threads": threads}, "anchor-llama",
+                         python=python, module="benchmarks.anchor", env=env)
+    keep = ("call_seconds", "cpu_seconds", "peak_rss_mb", "load_before", "other_cores", "prefill_tokens_per_s",
+            "decode_tokens_per_s", "output_bytes", "load_seconds")
+    bench.results["anchor"] = {
+        **ANCHOR, "quantization": quant,
+        "hf2mlc": {"convert": {k: convert.get(k) for k in keep}, "speed": {k: hf2mlc.get(k) for k in keep}},
+        "llama": {"gguf": {k: gguf.get(k) for k in ("seconds", "bytes")},
+                  "quantize": {k: quantize.get(k) for k in keep}, "speed": {k: llama.get(k) for k in keep},
+                  "version": llama.get("llama_cpp_python"), "system_info": llama.get("system_info")},
+        "ratios": {"convert_time": convert["call_seconds"] / quantize["call_seconds"],
+                   "prefill": hf2mlc["prefill_tokens_per_s"] / llama["prefill_tokens_per_s"],
+                   "decode": hf2mlc["decode_tokens_per_s"] / llama["decode_tokens_per_s"]},
+    }
+    for path in (f16, q4_0):
+        path.unlink(missing_ok=True)
+
+
 def section_workflow(bench: Bench) -> None:
     bench.results["workflow"] = workflow_bench.measure(REPO, bench.work / "workflow", logs=bench.logs)
 
 
 RUNNERS = {"checkpoint": section_checkpoint, "convert": section_convert, "compile": section_compile,
-           "host": section_host, "workflow": section_workflow}
+           "host": section_host, "anchor": section_anchor, "workflow": section_workflow}
 
 
 def clean(bench: Bench) -> None:
     """Remove the large outputs (checkpoint, weights, libraries), keeping digests, logs and results."""
-    for path in (bench.checkpoint, bench.out / "weights", bench.out / "build"):
+    for path in (bench.checkpoint, bench.out / "weights", bench.out / "build", bench.out / "anchor"):
         shutil.rmtree(path, ignore_errors=True)
     for path in bench.out.glob("baseline-*.bin"):
         path.unlink()
@@ -343,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, help="host benchmark: prompt tokens (default per scale)")
     parser.add_argument("--decode-tokens", type=int, help="host benchmark: decode steps of the hf2mlc builds")
     parser.add_argument("--host-repeats", type=int, help="host benchmark: runs of the hf2mlc builds")
+    parser.add_argument("--llama-python", type=Path, default=LLAMA_PYTHON,
+                        help="the anchor's interpreter: a venv with benchmarks/requirements-anchor.txt")
     parser.add_argument("--clean", action="store_true", help="remove checkpoint, weights and libraries afterwards")
     args = parser.parse_args(argv)
     scale = "quick" if args.quick else args.scale
@@ -364,12 +424,13 @@ def main(argv: list[str] | None = None) -> int:
     if not targets or set(targets) - {"iphone", "mac", "host"}:
         parser.error(f"--targets takes iphone, mac and/or host, not {args.targets!r}")
     bench.targets = targets
+    bench.llama_python = args.llama_python
     bench.settings = {**bench.settings, **overrides}
     bench.results["settings"].update(overrides)
     bench.results["machine"] = machine.describe(REPO, work)
     bench.results["sections"] = sections
     start = time.perf_counter()
-    if "checkpoint" not in sections and any(s in sections for s in ("convert", "compile", "host")):
+    if "checkpoint" not in sections and any(s in sections for s in ("convert", "compile", "host", "anchor")):
         sections = ["checkpoint", *sections]  # the others need it; reused when present
     for name in SECTIONS:
         if name not in sections:
@@ -389,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     raw = bench.out / f"results-{scale}.json"
     raw.write_text(json.dumps(bench.results, indent=1, default=str))
     results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(report.render(bench.results))
+    previous = results_path.read_text(encoding="utf-8") if results_path.is_file() else None
+    results_path.write_text(report.render(bench.results, previous=previous))
     print(f"wrote {results_path} (raw numbers: {raw})", file=sys.stderr)
     return 1 if bench.results["errors"] else 0
 

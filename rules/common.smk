@@ -234,3 +234,41 @@ def reference_templates(wildcards):
     (the 2023 write-up's), so that template errors are told apart from quantization errors."""
     families = dict.fromkeys([MODELS[wildcards.model]["family"], "seed-compat"])
     return [f"config/families/{name}.yaml" for name in families]
+
+
+# ---- fail fast: what can be checked before any job runs is checked now (hf2mlc.preflight) ----
+def _preflight_plan(model):
+    """What one enabled model will make, and where its checkpoint already is (if anywhere yet)."""
+    spec = MODELS[model]
+    libs = [(d, device_quant(model, d)) for d in DEVICES] + [("host", q) for q in host_quants(model)]
+    source = spec["source"]
+    if source == "demo" or source.startswith("hf://"):
+        downloaded = Path(download_dir(model))
+        on_disk = downloaded if (downloaded / "manifest.json").is_file() else None
+    else:
+        on_disk = Path(source)
+    return {
+        "id": model,
+        "name": spec["name"],
+        "targets": {**{d: spec["targets"][d] for d in DEVICES}, "host": spec["host"]},
+        "bundles": sorted({mlc_model_id(spec["name"], q) for _, q in libs}),
+        "model_libs": sorted({model_lib_name(spec["name"], q, t) for t, q in libs}),
+        "hub_repos": [upload_repo(model, d) for d in config["upload"]["devices"]],
+        "checkpoint": on_disk,
+    }
+
+
+def _preflight():
+    from hf2mlc.errors import UserError
+    from hf2mlc.layout import RESULTS
+    from hf2mlc.preflight import check_workflow, check_writable
+
+    try:
+        check_writable(Path(RESULTS))
+        check_workflow([_preflight_plan(m) for m in ENABLED])
+    except UserError as err:  # one line, as from every stage; Snakemake would print a traceback
+        print(f"hf2mlc: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+_preflight()

@@ -6,6 +6,7 @@ rule package:
         directory(package_dir("{model}", "{device}")),
     params:
         spec=package_spec,
+        model="{model}",
         versions_log=versions_log(),
         code=code_version("package"),
     log:

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import baseline, synthetic, workflow_bench  # noqa: E402
+from benchmarks import baseline, report, synthetic, workflow_bench  # noqa: E402
 from hf2mlc.quantization import get_quantization  # noqa: E402
 from hf2mlc.quantization.group import quantize_embedding, quantize_linear  # noqa: E402
 from hf2mlc.tensor_cache import f32_to_bf16  # noqa: E402
@@ -142,6 +142,15 @@ localrule all:
 """
     assert workflow_bench.jobs_in_log(log) == ["build[model=demo,target=iphone,quant=q4f16_0]", "package[model=demo,device=iphone]"]
     assert workflow_bench.jobs_in_log("Nothing to be done (all requested files are present and up to date).") == []
+
+
+def test_a_one_section_run_replaces_only_its_section_of_the_report() -> None:
+    previous = "# R\n\n## Host prefill and decode\n\nold host\n\n## Workflow reruns\n\nold workflow\n"
+    added = report.splice_section(previous, "## Anchor", "first")
+    assert added == "# R\n\n## Host prefill and decode\n\nold host\n\n## Anchor\n\nfirst\n\n## Workflow reruns\n\nold workflow\n"
+    replaced = report.splice_section(added, "## Anchor", "second")
+    assert replaced == added.replace("first", "second")
+    assert report.splice_section("# R\n", "## Anchor", "x") == "# R\n## Anchor\n\nx\n\n"
 
 
 def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:

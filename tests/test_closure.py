@@ -55,7 +55,7 @@ def test_a_rule_does_not_cover_other_stages_code() -> None:
     assert not {"check.py", "evaluate.py", "quantization/group.py", "tokenizer.py", "package.py", "convert.py"} & compile_names
     # The demo renders prompts with families.render_prompt; validating a family (tokenizer.py) is patch's.
     download = _names("download")
-    assert {"demo.py", "families.py", "hub/fetch.py"} <= download and "tokenizer.py" not in download
+    assert {"demo.py", "families.py", "sources/fetch.py"} <= download and "tokenizer.py" not in download
     assert "tokenizer.py" in _names("patch") and "tokenizer.py" in _names("package")
 
 

@@ -23,10 +23,11 @@ from huggingface_hub import constants
 from huggingface_hub.utils._http import default_client_factory, set_client_factory
 
 from hf2mlc.errors import UserError
-from hf2mlc.hub import download, parse_source, resolve_token, select_build_files, upload
-from hf2mlc.hub import fetch as download_module
+from hf2mlc.hub import resolve_token, upload
+from hf2mlc.sources import download, parse_source, select_build_files
+from hf2mlc.sources import fetch as download_module
 from hf2mlc.hub.digests import git_blob_sha1
-from hf2mlc.manifest import read_manifest, write_manifest
+from hf2mlc.manifest import read_manifest, verify_inputs, write_manifest
 from hub_server import FAKE_TOKEN, FakeHub
 
 REPO = "line-corp/tiny-neox"
@@ -437,6 +438,50 @@ def test_local_directory_gets_the_same_layout_and_manifest(tmp_path):
     assert manifest["source"] == {"kind": "local", "uri": str(src.resolve()), "path": str(src.resolve())}
 
 
+def test_download_shares_no_inode_with_the_cache_so_a_flipped_byte_stays_where_it_was_made(hub, tmp_path):
+    files = model_files()
+    hub.add_repo(REPO, files)
+    out, cache = tmp_path / "results" / "download" / "m", tmp_path / "cache"
+    download(parse_source(f"hf://{REPO}"), out, cache_dir=cache)
+    blob = (cache / f"models--{REPO.replace('/', '--')}" / "blobs" / sha(files["model.safetensors"]))
+    assert blob.is_file() and blob.stat().st_ino != (out / "model.safetensors").stat().st_ino
+    assert (out / "model.safetensors").stat().st_nlink == 1
+    with open(blob, "r+b") as handle:  # the cache is tampered with: results/ keeps the verified bytes
+        handle.seek(100)
+        handle.write(bytes([files["model.safetensors"][100] ^ 1]))
+    assert (out / "model.safetensors").read_bytes() == files["model.safetensors"]
+    verify_inputs(out)
+    flipped = bytearray(files["model.safetensors"])
+    flipped[200] ^= 1
+    (out / "model.safetensors").write_bytes(bytes(flipped))  # results/ is tampered with: the next stage refuses
+    with pytest.raises(UserError) as info:
+        verify_inputs(out)
+    assert str(info.value).count("\n") == 0 and sha(bytes(flipped)) in str(info.value)
+    assert sha(files["model.safetensors"]) in str(info.value) and "--forcerun download" in str(info.value)
+
+
+def test_local_source_symlink_pointing_outside_is_refused(tmp_path):
+    src = tmp_path / "my-model"
+    src.mkdir()
+    for name, content in model_files().items():
+        if "/" not in name:
+            (src / name).write_bytes(content)
+    secret = tmp_path / "outside" / "passwd"
+    secret.parent.mkdir()
+    secret.write_text("root:x:0:0\n")
+    (src / "LICENSE").unlink()
+    (src / "LICENSE").symlink_to(secret)
+    with pytest.raises(UserError, match=r"LICENSE is a symlink to .*outside the source directory"):
+        download(parse_source(str(src)), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    (src / "LICENSE").unlink()
+    (src / "weights").mkdir()
+    (src / "model.safetensors").rename(src / "weights" / "model.safetensors")
+    (src / "model.safetensors").symlink_to("weights/model.safetensors")  # inside the source: fine
+    manifest = download(parse_source(str(src)), tmp_path / "out")
+    assert manifest["files"]["model.safetensors"]["sha256"] == sha(model_files()["model.safetensors"])
+
+
 def test_shard_index_naming_a_missing_shard_is_an_error(tmp_path):
     src = tmp_path / "sharded"
     src.mkdir()
@@ -542,6 +587,62 @@ def test_upload_of_a_hub_layout_folder_with_an_explicit_version_id(hub, tmp_path
         upload(folder, repo_id="tester/tiny-MLC", private=False, enabled=False, version_id="bad tag")
 
 
+def test_stale_file_of_the_previous_version_is_deleted_in_the_same_commit(hub, tmp_path):
+    first = make_package(tmp_path / "v1")
+    (tmp_path / "v1" / "params_shard_1.bin").write_bytes(rnd(9_000, 21))
+    first = write_manifest(tmp_path / "v1", stage="package")
+    upload(tmp_path / "v1", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    second = make_package(tmp_path / "v2", shard=rnd(50_000, 22))  # one shard fewer
+    commits = len(hub.repos["tester/tiny-MLC"].commits)
+    record = upload(tmp_path / "v2", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert len(hub.repos["tester/tiny-MLC"].commits) == commits + 1
+    assert record["deleted"] == ["params_shard_1.bin"] and record["verified"] is True
+    published = hub.files_at("tester/tiny-MLC", second["version_id"])
+    local = {p.name: p.read_bytes() for p in (tmp_path / "v2").iterdir()}
+    assert {k: v for k, v in published.items() if k != ".gitattributes"} == local
+    assert hub.files_at("tester/tiny-MLC", first["version_id"])["params_shard_1.bin"] == rnd(9_000, 21)
+
+
+def test_tag_failure_after_the_commit_is_completed_on_rerun_and_not_reported_as_uploaded(hub, tmp_path):
+    manifest = make_package(tmp_path / "pkg")
+    hub.fail("POST", r"/tag/", status=500)
+    with pytest.raises(UserError, match="HTTP 500"):
+        upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    repo = hub.repos["tester/tiny-MLC"]
+    assert repo.tags == {} and hub.files_at("tester/tiny-MLC")["params_shard_0.bin"] == rnd(50_000, 9)
+    commits, seen = len(repo.commits), len(hub.requests)
+    record = upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert record["uploaded"] is False and record["sent"] == [] and "stopped before tagging" in record["message"]
+    assert len(repo.commits) == commits and repo.tags == {manifest["version_id"]: repo.branches["main"]}
+    assert hub.requests_matching("POST", "/commit/")[-1] not in hub.requests[seen:]
+
+
+def test_commit_failure_after_the_repo_was_created_is_completed_on_rerun(hub, tmp_path):
+    manifest = make_package(tmp_path / "pkg")
+    hub.fail("POST", r"/commit/", status=500)
+    with pytest.raises(UserError, match="HTTP 500"):
+        upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert "tester/tiny-MLC" in hub.repos and hub.repos["tester/tiny-MLC"].tags == {}
+    record = upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+    assert record["uploaded"] is True and sorted(record["sent"]) == sorted([*manifest["files"], "manifest.json"])
+    assert hub.files_at("tester/tiny-MLC", manifest["version_id"])["params_shard_0.bin"] == rnd(50_000, 9)
+
+
+def test_upload_verification_catches_a_hub_that_holds_other_files_after_tagging(hub, tmp_path, monkeypatch):
+    make_package(tmp_path / "pkg")
+    import hub_server
+
+    real = hub_server._Handler._create_tag
+
+    def tag_then_lose_a_file(self, repo, revision, payload):
+        real(self, repo, revision, payload)
+        repo.commits[repo.tags[payload["tag"]]].files.pop("tensor-cache.json")
+
+    monkeypatch.setattr(hub_server._Handler, "_create_tag", tag_then_lose_a_file)
+    with pytest.raises(UserError, match=r"does not hold exactly the bundle \(missing on the Hub: tensor-cache.json\)"):
+        upload(tmp_path / "pkg", repo_id="tester/tiny-MLC", private=False, enabled=True, token=FAKE_TOKEN)
+
+
 def test_upload_refuses_a_tag_with_other_content(hub, tmp_path):
     manifest = make_package(tmp_path / "pkg")
     hub.add_repo("tester/tiny-MLC", {"params_shard_0.bin": b"something else"})
@@ -620,3 +721,24 @@ def test_the_token_never_leaks(hub, tmp_path, monkeypatch, capfd, caplog):
     for text in (captured.out, captured.err, caplog.text, *errors, json.dumps(records)):
         assert FAKE_TOKEN not in text and FAKE_TOKEN[3:15] not in text
     assert caplog.records  # the logs were really captured
+
+
+def test_credentials_in_hf_endpoint_are_redacted_and_the_error_does_not_blame_the_token(hub, tmp_path, monkeypatch,
+                                                                                        capfd, caplog):
+    caplog.set_level(logging.DEBUG)
+    hub.add_repo(REPO, model_files())
+    password = "pw-" + "x7Qz9" * 3
+    monkeypatch.setenv("HF_ENDPOINT", hub.url.replace("http://", f"http://alice:{password}@"))
+    with pytest.raises(UserError) as info:  # the fake Hub, like the real one, knows no basic auth
+        download(parse_source(f"hf://{REPO}"), tmp_path / "results" / "download", cache_dir=tmp_path / "cache",
+                 token=FAKE_TOKEN)
+    message = str(info.value)
+    assert "HF_ENDPOINT carries a user name and password" in message and "rejected the token" not in message
+    make_package(tmp_path / "results" / "package")
+    record = upload(tmp_path / "results" / "package", repo_id="tester/tiny-MLC", private=True, enabled=False)
+    (tmp_path / "results" / "upload.json").write_text(json.dumps(record))
+    assert "HTTP Request: GET http://***@127.0.0.1" in caplog.text  # the client's INFO line, masked
+    captured = capfd.readouterr()
+    for text in (message, caplog.text, captured.out, captured.err, json.dumps(record)):
+        assert password not in text and "alice" not in text
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()] == []

@@ -2,6 +2,8 @@
 
     hf2mlc demo results/download/demo            # the embedded demo checkpoint
     hf2mlc inspect results/package/demo/iphone   # manifest summary; verifies every file's sha256
+    hf2mlc versions                              # every package version stored under results/versions/
+    hf2mlc restore 3f2a9c                        # put one back as the current bundle
     hf2mlc chat --model demo --quantization q4f16_0 --prompt "四国の県名を全て列挙してください。"
 
 ``chat`` runs the host build of the workflow's results (same weights, template and tokenizer.json as the
@@ -47,6 +49,26 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print(f"CHANGED    {', '.join(bad)}", file=sys.stderr)
         return 1
     print("verified   every file matches its sha256")
+    return 0
+
+
+def _cmd_versions(args: argparse.Namespace) -> int:
+    from .versions import list_versions
+
+    rows = list_versions(Path(args.results))
+    if not rows:
+        print(f"no versions under {args.results}; a package run stores each bundle it makes")
+    for row in rows:
+        where = row["path"] if row["stored"] else "(not stored)"
+        print(f"{row['version_id']}  {row['model']:<16} {row['device']:<7} {row.get('produced_at') or '-':<26} {where}")
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from .versions import restore
+
+    entry, target = restore(Path(args.results), args.version_id)
+    print(f"restored version {entry['version_id']} ({entry['model']}/{entry['device']}) to {target}")
     return 0
 
 
@@ -109,6 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     inspect = sub.add_parser("inspect", help="summarise and verify a stage output")
     inspect.add_argument("directory")
     inspect.set_defaults(func=_cmd_inspect)
+    versions = sub.add_parser("versions", help="list every stored package version")
+    versions.add_argument("--results", default="results")
+    versions.set_defaults(func=_cmd_versions)
+    restore = sub.add_parser("restore", help="put a stored package version back as the current bundle")
+    restore.add_argument("version_id", help="a version id, or enough of its start to be unique")
+    restore.add_argument("--results", default="results")
+    restore.set_defaults(func=_cmd_restore)
     chat = sub.add_parser("chat", help="chat with a host build of the workflow's results")
     chat.add_argument("--results", default=RESULTS)
     chat.add_argument("--model", default="demo")
@@ -121,8 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UserError as err:
-        print(f"hf2mlc: {err}", file=sys.stderr)
+    except (UserError, OSError) as err:
+        from .faults import as_user_error
+
+        user = as_user_error(err, output=getattr(args, "out_dir", None))
+        if user is None:
+            raise
+        print(f"hf2mlc: {user}", file=sys.stderr)
         return 2
 
 

@@ -77,7 +77,7 @@ SCHEMA: dict[str, Any] = {
                 "seps": {**_STRING_LIST, "minItems": 1, "maxItems": 2},
                 "role_content_sep": {"type": "string"},
                 "role_empty_sep": {"type": "string"},
-                "stop_str": _STRING_LIST,
+                "stop_str": {"type": "array", "items": {"type": "string", "minLength": 1}},  # "" would cut every reply
                 "stop_token_ids": {**_ID_LIST, "minItems": 1},
             },
         },

@@ -21,6 +21,7 @@ EVALUATION_REPORT = "report.json"  # evaluate → package (the card's quality ta
 EVALUATION_MARKDOWN = "report.md"  # evaluate: the same, for people
 PARITY_REPORT = "parity-report.json"  # tokenizer → package (active vocabulary)
 VERSIONS_LOG = "versions.jsonl"  # package: one line per bundle ever produced
+VERSIONS_DIR = "versions"  # package: every bundle ever produced, hard-linked (hf2mlc.versions)
 
 
 def download_dir(model: str, results: str = RESULTS) -> str:
@@ -69,6 +70,10 @@ def upload_record(model: str, device: str, results: str = RESULTS) -> str:
 
 def versions_log(results: str = RESULTS) -> str:
     return f"{results}/{VERSIONS_LOG}"
+
+
+def version_dir(model: str, device: str, version_id: str, results: str = RESULTS) -> str:
+    return f"{results}/{VERSIONS_DIR}/{model}/{device}/{version_id}"
 
 
 def log_file(stage: str, job: str, results: str = RESULTS) -> str:

@@ -10,6 +10,8 @@ digests only (not timings or versions), so identical inputs give an identical id
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -22,10 +24,15 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
 from .layout import MANIFEST
 
 MANIFEST_NAME = MANIFEST
 _CHUNK = 1 << 20
+#: Files up to this size are always re-hashed when a stage checks its inputs; larger ones (weights) only
+#: when the stage reads them whole anyway, else their size is checked.
+ALWAYS_HASH_BYTES = 16 << 20
+_LOCK_SUFFIX = ".lock"
 
 #: Packages whose versions change what the workflow produces.
 TRACKED_PACKAGES = (
@@ -164,27 +171,115 @@ def verify_manifest(directory: Path) -> list[str]:
     return bad
 
 
+def verify_inputs(directory: str | os.PathLike[str], *, whole: bool = True) -> dict[str, Any]:
+    """Check a stage output against its own manifest before a later stage uses it; return the manifest.
+
+    Every file's size is checked; its sha256 too when ``whole`` (the reading stage reads every file
+    anyway, so the page cache makes the hash nearly free) or when the file is small.  A file changed
+    after its stage wrote it (an edit, a flipped byte, a truncation) fails here with one line naming the
+    file, both digests and the rule to rerun, instead of flowing on into artifacts that claim otherwise.
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_NAME
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files: Mapping[str, Mapping[str, Any]] = manifest["files"]
+        rule = str(manifest["stage"])
+    except FileNotFoundError:
+        raise UserError(
+            f"{manifest_path}: missing, so {directory} cannot be checked before use; "
+            f"rerun the stage that makes it (snakemake --forcerun of the rule whose output is {directory})."
+        ) from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{manifest_path}: not a valid manifest ({err}); rerun the stage that makes {directory}.") from None
+    fix = f"rerun with `snakemake --forcerun {rule}` (or restore the file)"
+    for rel, entry in sorted(files.items()):
+        path = directory / rel
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise UserError(f"{path}: missing, but {manifest_path} (rule {rule}) lists it; {fix}.") from None
+        if size != entry["size"]:
+            raise UserError(
+                f"{path}: {size} bytes, but {manifest_path} (rule {rule}) records {entry['size']} bytes "
+                f"(sha256 {entry['sha256']}): the file changed after rule {rule} wrote it; {fix}."
+            )
+        if whole or size <= ALWAYS_HASH_BYTES:
+            actual = sha256_file(path)
+            if actual != entry["sha256"]:
+                raise UserError(
+                    f"{path}: sha256 {actual}, but {manifest_path} (rule {rule}) records {entry['sha256']}: "
+                    f"the file changed after rule {rule} wrote it; {fix}."
+                )
+    return manifest
+
+
+def remove_stale_temporaries(final: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary directories of ``final`` that no live process owns; return what was removed.
+
+    A run killed outright (``kill -9``, the OOM killer, a lost node) cannot clean up, and its temporary
+    directory can hold gigabytes of half-written weights.  Each temporary directory has a lock file
+    that its process holds an ``flock`` on; the kernel releases that lock when the process dies, however
+    it dies, so a lock that can be taken (or a directory without one, from an older hf2mlc) is stale.
+    """
+    final = Path(final)
+    removed = []
+    for candidate in sorted(final.parent.glob(f".{glob.escape(final.name)}.tmp-*")):
+        if candidate.name.endswith(_LOCK_SUFFIX):
+            if not candidate.with_name(candidate.name[: -len(_LOCK_SUFFIX)]).exists() and _is_unowned(candidate):
+                candidate.unlink(missing_ok=True)
+            continue
+        lock = candidate.with_name(candidate.name + _LOCK_SUFFIX)
+        if lock.exists() and not _is_unowned(lock):
+            continue
+        shutil.rmtree(candidate, ignore_errors=True)
+        lock.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def _is_unowned(lock: Path) -> bool:
+    try:
+        with open(lock, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+    except FileNotFoundError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds.
 
     The temporary directory is a sibling of ``final`` (same file system, so the rename is atomic) and is
-    removed on any failure, so a crash or Ctrl-C never leaves a half-written ``final``.
+    removed on any failure, so a crash or Ctrl-C never leaves a half-written ``final``; what a killed
+    run left behind is removed by the next run (:func:`remove_stale_temporaries`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; outputs are ordinary directories
+    remove_stale_temporaries(final)
+    # The lock file comes first, so that no other run ever sees this directory without its lock.
+    fd, lock_name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=_LOCK_SUFFIX, dir=final.parent)
+    lock = Path(lock_name)
+    tmp = lock.with_name(lock.name[: -len(_LOCK_SUFFIX)])
     try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp.mkdir()  # an ordinary directory (mode from the umask), unlike mkdtemp's 0700
+        try:
+            yield tmp
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 class Stopwatch:

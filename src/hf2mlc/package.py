@@ -294,22 +294,6 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
     (out / "README.md").write_text(card, encoding="utf-8")
 
 
-def record_version(log_path: Path, manifest: dict[str, Any], spec: PackageSpec) -> None:
-    """Append one line per bundle produced to results/versions.jsonl (never rewritten)."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    entry = {
-        "version_id": manifest["version_id"],
-        "model_id": spec.model_id,
-        "device": spec.device,
-        "quantization": spec.quantization,
-        "source": spec.source,
-        "inputs": manifest["inputs"],
-        "produced_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    with open(log_path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n")
-
-
 @contextlib.contextmanager
 def hub_folder(package: Path) -> Iterator[Path]:
     """The package laid out as a Hub model repo, in a temporary directory of hard links.
@@ -318,6 +302,8 @@ def hub_folder(package: Path) -> Iterator[Path]:
     mlc-chat-config.json; the card is README.md; the libraries go under lib/; the bundle's manifest rides
     along as hf2mlc-manifest.json for provenance.
     """
+    if not (package / "bundle").is_dir():
+        raise UserError(f"{package}: no bundle/ directory; rerun with `snakemake --forcerun package`.")
     model_dirs = [p for p in (package / "bundle").iterdir() if p.is_dir()]
     if len(model_dirs) != 1:
         raise UserError(f"{package}/bundle: expected one model directory, found {len(model_dirs)}; rerun the package stage.")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import UserError
+from .faults import as_user_error
 
 
 def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> None:
@@ -32,9 +33,16 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
         os.environ[name] = str(snakemake.threads)
     log_path = snakemake.log[0]
     terminal = sys.__stderr__
-    with open(log_path, "w", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(
-        log
-    ), contextlib.redirect_stderr(log):
+    output = snakemake.output[0] if len(snakemake.output) else None
+    try:
+        log_file = open(log_path, "w", encoding="utf-8", buffering=1)
+    except OSError as err:  # a read-only or full results/ already stops the log
+        user = as_user_error(err, output=output)
+        if user is None:
+            raise
+        print(f"hf2mlc: rule {snakemake.rule}: {user}", file=terminal)
+        sys.exit(1)
+    with log_file as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         handler = logging.StreamHandler(log)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         # Warnings (a deprecated family, a missing optional tool) also reach the terminal, not only the log.
@@ -46,8 +54,11 @@ def run_stage(snakemake: Any, stage: Callable[..., Any], /, **kwargs: Any) -> No
         root.setLevel(logging.INFO)
         try:
             stage(**kwargs)
-        except UserError as err:
-            message = f"hf2mlc: rule {snakemake.rule}: {err}"
+        except (UserError, OSError) as err:
+            user = as_user_error(err, output=output)
+            if user is None:
+                raise
+            message = f"hf2mlc: rule {snakemake.rule}: {user}"
             print(message, file=log)
             print(message, file=terminal)
             sys.exit(1)
@@ -88,9 +99,20 @@ def run_rule(stage_name: str, snakemake: Any) -> None:
 
     stage = getattr(stages, stage_name)
     kwargs = stage_arguments(stage, snakemake)
-    # The one place every stage's inputs pass through before it reads them: verifying them against their
-    # producers' manifests (issue 10, manifest.verify_inputs) hooks in here, inside run_stage's error handling.
-    run_stage(snakemake, stage, **kwargs)
+    # The one place every stage's inputs pass through before it reads them: each is verified against its
+    # producer's manifest, and a checkpoint against its config.json and this machine's memory, inside
+    # run_stage's error handling (so a failure is one line).
+    run_stage(snakemake, _with_input_checks(stage, stage_name, stages.READS_WHOLE.get(stage_name, ())), **kwargs)
     # What actually ran, for the test that holds each rule's code digest (hf2mlc.closure) to cover it.
     with open(snakemake.log[0], "a", encoding="utf-8") as log:
         print(f"{LOADED_MODULES_LINE}{' '.join(sorted(m for m in sys.modules if m.split('.')[0] == __package__))}", file=log)
+
+
+def _with_input_checks(stage: Callable[..., Any], stage_name: str, reads_whole: tuple[str, ...]) -> Callable[..., Any]:
+    def checked(**kwargs: Any) -> Any:
+        from .preflight import check_stage_inputs
+
+        check_stage_inputs(stage_name, kwargs, reads_whole=reads_whole)
+        return stage(**kwargs)
+
+    return checked

@@ -24,15 +24,25 @@ from .spec import PackageSpec, TargetSpec, WeightSpec
 log = logging.getLogger(__name__)
 #: A path argument, as Snakemake (str) or a caller (Path) gives it.
 StrPath = str | os.PathLike[str]
+#: The inputs each stage reads whole, so their sha256 is checked against the producer's manifest before
+#: the stage starts (the page cache makes the stage's own read nearly free then); of the others only sizes
+#: and small files are (hf2mlc.manifest.verify_inputs).
+READS_WHOLE: dict[str, tuple[str, ...]] = {
+    "convert": ("model_dir",),
+    "check": ("model_dir", "weights_dir", "compile_dir"),
+    "evaluate": ("model_dir", "weights_dir", "compile_dir"),
+    "package": ("patch_dir", "tokenizer_dir", "compile_dir", "evaluate_dir"),
+    "upload": ("packages",),
+}
 
 
 def download(*, source: str, out_dir: StrPath, base_dir: StrPath = ".") -> None:
     """The model as a Hugging Face directory with a manifest: from the Hub, a local directory, or the demo."""
-    from . import hub
+    from . import sources
 
-    parsed = hub.parse_source(source, base_dir=Path(base_dir))
+    parsed = sources.parse_source(source, base_dir=Path(base_dir))
     if parsed.kind != "demo":
-        hub.download(parsed, Path(out_dir))
+        sources.download(parsed, Path(out_dir))
         return
     from .demo import make_demo_model
 
@@ -253,11 +263,13 @@ def evaluate(
 
 def package(
     *, model_dir: StrPath, patch_dir: StrPath, tokenizer_dir: StrPath, weights_dir: StrPath, compile_dir: StrPath,
-    evaluate_dir: StrPath, out_dir: StrPath, spec: PackageSpec, versions_log: StrPath | None = None,
+    evaluate_dir: StrPath, out_dir: StrPath, spec: PackageSpec, model: str | None = None,
+    versions_log: StrPath | None = None,
 ) -> None:
-    """The bundle in MLC LLM's layout, with its model card; records its version in results/versions.jsonl."""
+    """The bundle in MLC LLM's layout, with its model card; kept in the version store (results/versions/)
+    and recorded in results/versions.jsonl, so a later failing rerun cannot lose it."""
     from .gate import read_verdict
-    from .package import PackageInputs, make_package, record_version
+    from .package import PackageInputs, make_package
 
     inputs = PackageInputs(
         model=Path(model_dir),
@@ -271,7 +283,7 @@ def package(
     with atomic_output_dir(out_dir) as tmp:
         with watch("package"):
             make_package(inputs, tmp, spec)
-        manifest = write_manifest(
+        write_manifest(
             tmp,
             stage="package",
             inputs=inputs.as_roles(),
@@ -279,8 +291,10 @@ def package(
             timings=watch.timings,
             extra={"quality_gate": read_verdict(tmp)},
         )
-    if versions_log is not None:
-        record_version(Path(versions_log), manifest, spec)
+    if versions_log is not None and model is not None:
+        from .versions import store
+
+        store(Path(out_dir), versions_log=Path(versions_log), model=model, device=spec.device, settings=spec.as_params())
 
 
 def upload(*, packages: list[str], records: list[str], repos: dict[str, str], enabled: bool, private: bool) -> None:

@@ -4,11 +4,19 @@ The endpoint is read from ``HF_ENDPOINT`` at call time (not only when huggingfac
 so a mirror or a local test server set in the environment of a running process is honoured by every
 call this package makes.  The token is never printed, logged or written: it only travels in the
 ``Authorization`` header that huggingface_hub builds.
+
+An endpoint may carry a user name and password (``http://user:pw@mirror``, for a mirror behind basic
+auth).  The HTTP client logs every request URL at INFO, so importing this module installs a log-record
+factory that masks URL credentials in every log line of the process, whichever logger or handler it
+goes to; messages built here use :func:`public_endpoint` or :func:`redact`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import huggingface_hub
@@ -17,6 +25,35 @@ from huggingface_hub import HfApi, constants
 from .. import __version__
 
 LIBRARY_NAME = "hf2mlc"
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it replaced by ``***@``."""
+    return _URL_CREDENTIALS.sub(r"\g<scheme>***@", text)
+
+
+def endpoint_has_credentials(endpoint: str | None = None) -> bool:
+    return bool(urlsplit(endpoint or hub_endpoint()).username)
+
+
+def _install_log_redaction() -> None:
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "hf2mlc_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, reported by it
+            return record
+        if "@" in message and _URL_CREDENTIALS.search(message):
+            record.msg, record.args = redact(message), ()
+        return record
+
+    factory.hf2mlc_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
 
 
 def hub_endpoint() -> str:
@@ -51,3 +88,6 @@ def make_api(endpoint: str, token: str | None) -> HfApi:
         library_name=LIBRARY_NAME,
         library_version=__version__,
     )
+
+
+_install_log_redaction()

@@ -20,6 +20,7 @@ from huggingface_hub.errors import (
 )
 
 from ..errors import UserError
+from .connection import endpoint_has_credentials, redact
 
 LOGIN_HINT = "set HF_TOKEN or run `hf auth login`"
 
@@ -47,9 +48,20 @@ def explain(err: BaseException, *, target: str, doing: str, endpoint: str, web_u
     ``target`` names the repo (``hf://owner/name@rev``), ``doing`` the action ("downloading", "uploading"),
     ``web_url`` the repo's page, where the user can accept terms or look up revisions.
     """
+    user = _explain(err, target=target, doing=doing, endpoint=endpoint, web_url=web_url)
+    return None if user is None else UserError(redact(str(user)))
+
+
+def _explain(err: BaseException, *, target: str, doing: str, endpoint: str, web_url: str) -> UserError | None:
     causes = list(exception_chain(err))
     http = next((e for e in causes if isinstance(e, HfHubHTTPError)), None)
     if http is not None:
+        if _status(http) == 401 and endpoint_has_credentials():
+            return UserError(
+                f"{target}: the Hub at {endpoint} answered HTTP 401 while {doing}. HF_ENDPOINT carries a user name "
+                "and password, which the HTTP client sends in place of the token: check them, or remove them from "
+                f"HF_ENDPOINT to authenticate with the token ({LOGIN_HINT})."
+            )
         return _explain_http(http, target=target, doing=doing, web_url=web_url)
     network = next((e for e in causes if isinstance(e, httpx2.TransportError)), None)
     if network is not None:

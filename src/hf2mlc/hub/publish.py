@@ -7,6 +7,11 @@ exists with other content is an error, never overwritten.
 
 Nothing leaves the machine unless the upload is enabled: the default is a dry run that prints the
 plan.  A repository meant to be private is never filled while it is public.
+
+A tagged commit holds exactly its version's files: what changed is added and what the version lacks is
+deleted in the same commit, and after tagging the Hub's listing is checked against the bundle.  A publish
+cut short (a commit whose tag failed, a repo created without a commit) is completed by the next run, and
+the record says truthfully whether anything was sent.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, RepoFile
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
@@ -30,6 +35,8 @@ from .failures import explain
 #: Files that describe a build rather than being part of it (timings, tool versions): two builds of the
 #: same version differ in them, so they do not count when deciding whether a version is already published.
 VOLATILE_FILES = (MANIFEST_NAME, "hf2mlc-manifest.json")
+#: Files the Hub itself puts in a new repo; they are not part of a bundle and are never deleted.
+KEPT_REMOTE_FILES = (".gitattributes",)
 _TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -120,7 +127,7 @@ def _publish(
     repo_id, version = record["repo_id"], record["tag"]
     tagged = _tag_commit(api, repo_id, version)
     if tagged is not None:
-        differing = _differences(api, repo_id, tagged, package_dir, files)
+        differing = _differences(_remote_files(api, repo_id, tagged), package_dir, files)
         if differing:
             raise UserError(
                 f"hf://{repo_id}: tag {version} already exists on commit {tagged} but holds other content "
@@ -132,7 +139,7 @@ def _publish(
             "nothing uploaded"
         )
         print(message, flush=True)
-        record.update(dry_run=False, uploaded=False, commit=tagged, sent=[], message=message)
+        record.update(dry_run=False, uploaded=False, commit=tagged, sent=[], deleted=[], message=message)
         return record
 
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -144,17 +151,63 @@ def _publish(
         )
     if revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    commit = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=package_dir,
-        revision=revision,
-        commit_message=commit_message or f"Upload bundle {version} (hf2mlc {__version__})",
-    )
-    api.create_tag(repo_id, tag=version, revision=commit.oid, tag_message=f"hf2mlc bundle {version}")
-    message = f"hf://{repo_id}: uploaded {len(files)} files as commit {commit.oid}, tagged {version}"
+    head = api.repo_info(repo_id, revision=revision).sha
+    remote = _remote_files(api, repo_id, head) if head else {}
+    changed = set(_differences(remote, package_dir, files, missing_suffix=""))
+    if changed:  # the provenance manifest goes with any real change, so the commit describes itself
+        changed |= set(_differences(remote, package_dir, files, missing_suffix="", volatile=True))
+    adds = [f for f in files if f.path in changed]
+    planned = {f.path for f in files}
+    stale = sorted(p for p in remote if p not in planned and p not in KEPT_REMOTE_FILES)
+    if adds or stale:
+        # One commit adds what changed and deletes what this version lacks, so no commit on the branch
+        # (and no tag) ever holds a mix of two versions; parent_commit makes a concurrent push fail.
+        operations: list[CommitOperationAdd | CommitOperationDelete] = [
+            CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=package_dir / f.path) for f in adds
+        ]
+        operations += [CommitOperationDelete(path_in_repo=path) for path in stale]
+        commit = api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message=commit_message or f"Upload bundle {version} (hf2mlc {__version__})",
+            revision=revision,
+            parent_commit=head,
+        )
+        oid = commit.oid
+        message = (f"hf://{repo_id}: sent {len(adds)} of {len(files)} files"
+                   f"{f', deleted {len(stale)} stale' if stale else ''} as commit {oid}, tagged {version}")
+    else:
+        # An earlier run committed exactly these files and stopped before tagging: tag what is there.
+        oid = head
+        message = (f"hf://{repo_id}: commit {oid} already holds version {version} (an earlier run stopped "
+                   f"before tagging it); nothing uploaded, tagged {version}")
+    api.create_tag(repo_id, tag=version, revision=oid, tag_message=f"hf2mlc bundle {version}")
+    _verify_published(api, repo_id, version, package_dir)
     print(message, flush=True)
-    record.update(dry_run=False, uploaded=True, commit=commit.oid, sent=[f.path for f in files], message=message)
+    record.update(dry_run=False, uploaded=bool(adds or stale), commit=oid, sent=[f.path for f in adds],
+                  deleted=stale, verified=True, message=message)
     return record
+
+
+def _verify_published(api: HfApi, repo_id: str, version: str, package_dir: Path) -> None:
+    """Check with the Hub's own listing that the tagged commit holds exactly the folder's files.
+
+    huggingface_hub's ``verify_repo_checksums`` compares every LFS sha256 and git blob id of the tagged
+    commit with the local files.  Only the provenance manifest may differ (when an earlier identical
+    build's commit was tagged), and only ``.gitattributes`` may be on the Hub and not in the bundle.
+    """
+    result = api.verify_repo_checksums(repo_id, revision=version, local_dir=package_dir)
+    wrong = [m["path"] for m in result.mismatches if m["path"].rsplit("/", 1)[-1] not in VOLATILE_FILES]
+    extra = [p for p in result.missing_paths if p not in KEPT_REMOTE_FILES]
+    absent = list(result.extra_paths)
+    if wrong or extra or absent:
+        problems = [f"differ: {', '.join(wrong)}"] if wrong else []
+        problems += [f"on the Hub but not in the bundle: {', '.join(extra)}"] if extra else []
+        problems += [f"missing on the Hub: {', '.join(absent)}"] if absent else []
+        raise UserError(
+            f"hf://{repo_id}: after the upload, tag {version} does not hold exactly the bundle ({'; '.join(problems)}). "
+            f"Delete tag {version} on the Hub and run the upload again."
+        )
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -229,27 +282,39 @@ def _tag_commit(api: HfApi, repo_id: str, tag: str) -> str | None:
     return next((ref.target_commit for ref in refs.tags if ref.name == tag), None)
 
 
-def _differences(api: HfApi, repo_id: str, commit: str, package_dir: Path, files: list[PlannedFile]) -> list[str]:
-    """Files of the folder that the tagged commit lacks or holds with other content.
+def _remote_files(api: HfApi, repo_id: str, commit: str) -> dict[str, RepoFile]:
+    return {f.path: f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(f, RepoFile)}
 
-    Provenance manifests are left out: they also record timings and tool versions, which differ between
-    two builds of the same version.
+
+def _differences(
+    remote: dict[str, RepoFile],
+    package_dir: Path,
+    files: list[PlannedFile],
+    *,
+    missing_suffix: str = " missing",
+    volatile: bool = False,
+) -> list[str]:
+    """Files of the folder that the remote commit lacks or holds with other content.
+
+    Provenance manifests count only when missing (unless ``volatile``): they also record timings and
+    tool versions, which differ between two builds of the same version.  Remote files the folder lacks count too (a version
+    must not be tagged on a commit that still holds another version's files).
     """
-    remote = {
-        f.path: f for f in api.list_repo_tree(repo_id, recursive=True, revision=commit) if isinstance(f, RepoFile)
-    }
     differing = []
-    for planned in files:
-        if planned.path.rsplit("/", 1)[-1] in VOLATILE_FILES:
-            continue
-        found = remote.get(planned.path)
+    planned = {f.path for f in files}
+    for planned_file in files:
+        found = remote.get(planned_file.path)
         if found is None:
-            differing.append(f"{planned.path} missing")
+            differing.append(f"{planned_file.path}{missing_suffix}")
+        elif not volatile and planned_file.path.rsplit("/", 1)[-1] in VOLATILE_FILES:
+            continue
         elif found.lfs is not None:
-            if found.lfs.sha256 != planned.sha256:
-                differing.append(planned.path)
-        elif found.blob_id != git_blob_sha1(package_dir / planned.path):
-            differing.append(planned.path)
+            if found.lfs.sha256 != planned_file.sha256:
+                differing.append(planned_file.path)
+        elif found.blob_id != git_blob_sha1(package_dir / planned_file.path):
+            differing.append(planned_file.path)
+    if missing_suffix:
+        differing += [f"{p} not in the bundle" for p in sorted(remote) if p not in planned and p not in KEPT_REMOTE_FILES]
     return differing
 
 

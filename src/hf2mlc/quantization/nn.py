@@ -5,7 +5,8 @@ The weights stay packed on the device (``q_weight`` words + ``q_scale``, exactly
 in the model dtype only where they are consumed: the dequantization is one stage of the same
 TensorIR function as the matmul (or the row gather of the embedding), so GPU schedules (dlight) inline
 it into the matmul's loads and no dequantized copy of a weight exists in device memory.  (The CPU
-schedule of host builds writes one temporary copy per call when many rows share it, in prefill.)
+schedule of host builds dequantizes one slice of a weight at a time per thread when many rows share
+it, in prefill.)
 
 :func:`quantize_model` swaps a float model's ``nn.Linear``/``nn.Embedding`` for these, which gives the
 parameter names MLC uses (``<module>.q_weight``, ``<module>.q_scale``; biases unchanged).
@@ -22,7 +23,7 @@ from . import Quantization
 
 
 def _unpack(q_weight: te.Tensor, quantization: Quantization, axis: int, index: list[Any]) -> tirx.PrimExpr:
-    """The unsigned integer at ``index`` (unpacked coordinates) of a packed tensor, in the model dtype.
+    """The unsigned integer at ``index`` (unpacked coordinates) of a packed tensor, in the storage dtype.
 
     Element ``r`` of a storage word sits at bits ``[r * bits, (r + 1) * bits)``: the first element of
     each word in the lowest bits (MLC's ``pack_weight``).
@@ -33,17 +34,24 @@ def _unpack(q_weight: te.Tensor, quantization: Quantization, axis: int, index: l
     word_index[axis] = index[axis] // per_word
     shift = ((index[axis] % per_word) * quantization.bits).astype(storage)
     mask = tirx.const((1 << quantization.bits) - 1, storage)
-    return tirx.bitwise_and(tirx.shift_right(q_weight(*word_index), shift), mask).astype(quantization.model_dtype)
+    return tirx.bitwise_and(tirx.shift_right(q_weight(*word_index), shift), mask)
 
 
 def dequantize_element(
     q_weight: te.Tensor, q_scale: te.Tensor, quantization: Quantization, axis: int, index: list[Any]
 ) -> tirx.PrimExpr:
-    """``(q - max_int) * scale`` at ``index``, both operations in the model dtype as MLC computes them."""
+    """``(q - max_int) * scale`` at ``index``, in the model dtype's values as MLC computes them.
+
+    Computed in float32 and rounded to the model dtype once: ``q - max_int`` is a small integer and
+    its product with a float16 scale needs at most 15 significant bits, so both are exact in
+    float32 and the one rounding gives float16's own result bit for bit (for a float32 model the
+    operations are float32's anyway).  CPUs without float16 arithmetic would otherwise convert
+    around every operation: host decode ran at half the speed."""
     scale_index = list(index)
     scale_index[axis] = index[axis] // quantization.group_size
-    offset = tirx.const(quantization.max_int_value, quantization.model_dtype)
-    return (_unpack(q_weight, quantization, axis, index) - offset) * q_scale(*scale_index)
+    offset = tirx.const(quantization.max_int_value, "float32")
+    q = _unpack(q_weight, quantization, axis, index).astype("float32")
+    return ((q - offset) * q_scale(*scale_index).astype("float32")).astype(quantization.model_dtype)
 
 
 def _dequantize_matmul(

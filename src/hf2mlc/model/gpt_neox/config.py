@@ -67,6 +67,7 @@ class GPTNeoXConfig:
         ]
         if missing:
             raise UserError(f"{source}: missing {', '.join(missing)}; this is not a complete GPT-NeoX config.json.")
+        check_types_and_ranges(raw, source)
         rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type not in ("default", None):
@@ -140,6 +141,54 @@ class GPTNeoXConfig:
             "ffn_out_dtype": ffn_out_dtype,
             "max_batch_size": max_batch_size,
         }
+
+
+_FIX = "fix config.json (compare it with the model's original on the Hub) and run again"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_types_and_ranges(raw: dict[str, Any], source: str) -> None:
+    """Refuse values of the wrong type or out of range with one line, before any of them is used.
+
+    Without this, ``hidden_size: "abc"`` is a ValueError deep in int(), ``num_attention_heads: 0`` a
+    ZeroDivisionError, ``eos_token_id: "2"`` a crash of the chat loop, all far from the file to fix.
+    """
+    for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size",
+                "max_position_embeddings"):
+        if key in raw and not (_is_int(raw[key]) and raw[key] >= 1):
+            raise UserError(f"{source}: {key} is {raw[key]!r}, but it must be a whole number of at least 1; {_FIX}.")
+    rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise UserError(f"{source}: rope_parameters is {rope!r}, but it must be an object; {_FIX}.")
+    ranges = {
+        "rotary_pct": (raw.get("rotary_pct", rope.get("partial_rotary_factor", 1.0)), "a number in (0, 1]",
+                       lambda v: 0 < v <= 1),
+        "rotary_emb_base": (raw.get("rotary_emb_base", rope.get("rope_theta", raw.get("rope_theta", 10000.0))),
+                            "a positive number", lambda v: v > 0),
+        "layer_norm_eps": (raw.get("layer_norm_eps", 1e-5), "a positive number", lambda v: v > 0),
+    }
+    for key, (value, expected, ok) in ranges.items():
+        if not (_is_number(value) and ok(value)):
+            raise UserError(f"{source}: {key} is {value!r}, but it must be {expected}; {_FIX}.")
+    for key in ("use_parallel_residual", "tie_word_embeddings", "attention_bias"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise UserError(f"{source}: {key} is {raw[key]!r}, but it must be true or false; {_FIX}.")
+    vocab = raw["vocab_size"]
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = raw.get(key)
+        ids = value if key == "eos_token_id" and isinstance(value, list) and value else [value]
+        if value is not None and not all(_is_int(v) and 0 <= v < vocab for v in ids):
+            allowed = "a token id (or, for eos_token_id, a list of them)"
+            raise UserError(
+                f"{source}: {key} is {value!r}, but it must be {allowed} from 0 to vocab_size - 1 = {vocab - 1}; {_FIX}."
+            )
 
 
 def _int_if_whole(value: float) -> int | float:

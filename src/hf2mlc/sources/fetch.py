@@ -3,9 +3,10 @@
 Files come through the Hugging Face cache (``snapshot_download``), so a second build, another model
 directory or an offline run (``HF_HUB_OFFLINE=1``) reuses what was fetched once, and an interrupted run
 fetches only the files it had not finished (huggingface_hub resumes a dropped transfer with an HTTP
-Range request).  The stage directory gets real files, hard links into the cache where the file system
-allows it (no second copy of 7 GB of weights) and copies otherwise, never symlinks, so that it stays
-valid when the cache is pruned.
+Range request).  The stage directory gets its own files: reflinks where the file system has them (no
+second copy of 7 GB of weights), copies otherwise; never hard links or symlinks, so that it stays valid
+when the cache is pruned and an edit of either copy cannot silently change the other (a byte flipped
+in the cache would otherwise become the converted weights while the manifest still vouched for them).
 
 Each file is checked against what the Hub publishes for it: the LFS sha256 for large files, the git
 blob id for the others.  A file that fails is deleted from the cache, so that running again downloads
@@ -18,7 +19,6 @@ import dataclasses
 import glob
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,15 +32,15 @@ from huggingface_hub.errors import (
     LocalEntryNotFoundError,
     RevisionResolutionError,
 )
-from tqdm.auto import tqdm
 
 from .. import __version__
 from ..errors import UserError
 from ..manifest import MANIFEST_NAME, Stopwatch, atomic_output_dir, write_json, write_manifest
-from .connection import LIBRARY_NAME, hub_endpoint, is_offline, make_api, public_endpoint, resolve_token
-from .digests import SHA1_HEX, SHA256_HEX, git_blob_sha1
-from .failures import exception_chain, explain
+from ..hub.connection import LIBRARY_NAME, hub_endpoint, is_offline, make_api, public_endpoint, resolve_token
+from ..hub.digests import SHA1_HEX, SHA256_HEX, git_blob_sha1
+from ..hub.failures import exception_chain, explain
 from .selection import Selection, check_weight_index, select_build_files
+from .local import download_local, place_copy
 from .source import Source
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 RETRY_WAITS_S = (1.0, 2.0, 4.0)
 #: Parallel file transfers; downloads are bound by the network, not by the 2 cores of a small machine.
 MAX_WORKERS = 4
-_COPY_PROGRESS_MIN = 64 << 20
 #: A partial download untouched for this long belongs to a run that was killed.
 STALE_PARTIAL_S = 3600.0
 
@@ -75,7 +74,7 @@ def download(
     if source.kind == "hf":
         return _download_hub(source, Path(out_dir), token=token, cache_dir=cache_dir)
     if source.kind == "local":
-        return _download_local(source, Path(out_dir))
+        return download_local(source, Path(out_dir))
     if source.kind == "demo":
         raise ValueError("the demo model is made by hf2mlc.demo.make_demo_model, not downloaded")
     raise ValueError(f"unknown source kind {source.kind!r}")
@@ -148,7 +147,7 @@ def _download_hub(source: Source, out_dir: Path, *, token: str | None, cache_dir
     with atomic_output_dir(out_dir) as tmp:
         with watch("materialize"):
             for name in selection.files:
-                _place(snapshot / name, tmp / name, link=True)
+                place_copy(snapshot / name, tmp / name)
         check_weight_index(tmp, selection, where=target)
         with watch("hash"):
             manifest = write_manifest(
@@ -331,55 +330,3 @@ def _forget_cached(pointer: Path) -> None:
         blob = pointer.parent / os.readlink(pointer)
         blob.unlink(missing_ok=True)
     pointer.unlink(missing_ok=True)
-
-
-# --- local directory ------------------------------------------------------------------------------------
-
-
-def _download_local(source: Source, out_dir: Path) -> dict[str, Any]:
-    root = source.path
-    assert root is not None
-    if not root.is_dir():
-        raise UserError(f"model source {root}: no such directory")
-    names = [p.name for p in root.iterdir() if p.is_file()]
-    selection = select_build_files(names, where=str(root))
-    watch = Stopwatch()
-    with atomic_output_dir(out_dir) as tmp:
-        with watch("materialize"):
-            for name in selection.files:
-                # Copies, not links: a user's own directory may be edited in place later.
-                _place(root / name, tmp / name, link=False)
-        check_weight_index(tmp, selection, where=str(root))
-        manifest = write_manifest(
-            tmp,
-            stage="download",
-            params={"source": str(root)},
-            timings=watch.timings,
-            extra={
-                "source": {"kind": "local", "uri": str(root), "path": str(root)},
-                "weights_format": selection.weights_format,
-                "skipped": list(selection.skipped),
-                "checks": {},
-            },
-        )
-    return manifest
-
-
-def _place(src: Path, dst: Path, *, link: bool) -> None:
-    real = Path(os.path.realpath(src))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(real, dst)
-            return
-        except OSError:  # another file system, or links not allowed: fall back to a copy
-            pass
-    size = real.stat().st_size
-    with open(real, "rb") as fin, open(dst, "wb") as fout, tqdm(
-        total=size, unit="B", unit_scale=True, desc=f"copy {dst.name}", leave=False,
-        disable=True if size < _COPY_PROGRESS_MIN else None,
-    ) as bar:
-        while chunk := fin.read(8 << 20):
-            fout.write(chunk)
-            bar.update(len(chunk))
-    shutil.copystat(real, dst)

@@ -1,0 +1,121 @@
+"""Stage outputs checked before use, and what killed runs leave behind (hf2mlc.manifest).
+
+Digests are computed here with hashlib from the bytes on disk, independently of the manifest code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from hf2mlc.errors import UserError
+from hf2mlc.manifest import ALWAYS_HASH_BYTES, atomic_output_dir, remove_stale_temporaries, verify_inputs, write_manifest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def stage_output(directory: Path, files: dict[str, bytes], stage: str = "download") -> dict:
+    directory.mkdir(parents=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return write_manifest(directory, stage=stage)
+
+
+def test_flipped_byte_in_a_stage_output_fails_with_one_line_naming_file_digests_and_rerun(tmp_path):
+    out = tmp_path / "results" / "download" / "demo"
+    good = os.urandom(5000)
+    stage_output(out, {"model.safetensors": good, "config.json": b"{}"})
+    assert verify_inputs(out)["stage"] == "download"
+    bad = bytearray(good)
+    bad[1234] ^= 0x01
+    (out / "model.safetensors").write_bytes(bytes(bad))
+    with pytest.raises(UserError) as info:
+        verify_inputs(out)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(out / "model.safetensors") in message
+    assert hashlib.sha256(good).hexdigest() in message and hashlib.sha256(bad).hexdigest() in message
+    assert "snakemake --forcerun download" in message
+
+
+def test_truncated_large_input_fails_on_size_without_reading_it(tmp_path):
+    out = tmp_path / "weights"
+    stage_output(out, {"params_shard_0.bin": b"\0" * (ALWAYS_HASH_BYTES + 10)}, stage="convert")
+    with open(out / "params_shard_0.bin", "r+b") as handle:
+        handle.truncate(ALWAYS_HASH_BYTES)
+    with pytest.raises(UserError, match=rf"{ALWAYS_HASH_BYTES} bytes, but .* records {ALWAYS_HASH_BYTES + 10} bytes"):
+        verify_inputs(out, whole=False)
+
+
+def test_same_size_edit_of_a_large_file_is_caught_only_when_read_whole(tmp_path):
+    out = tmp_path / "weights"
+    stage_output(out, {"params_shard_0.bin": b"\0" * (ALWAYS_HASH_BYTES + 10)}, stage="convert")
+    with open(out / "params_shard_0.bin", "r+b") as handle:
+        handle.seek(7)
+        handle.write(b"\1")
+    verify_inputs(out, whole=False)  # size only: the stage does not read this file
+    with pytest.raises(UserError, match="forcerun convert"):
+        verify_inputs(out, whole=True)
+
+
+def test_missing_file_or_manifest_is_one_line(tmp_path):
+    out = tmp_path / "patch"
+    stage_output(out, {"conv_template.json": b"{}"}, stage="patch")
+    (out / "conv_template.json").unlink()
+    with pytest.raises(UserError, match=r"conv_template.json: missing, but .* lists it; rerun with `snakemake --forcerun patch`"):
+        verify_inputs(out)
+    (out / "manifest.json").unlink()
+    with pytest.raises(UserError, match="manifest.json: missing"):
+        verify_inputs(out)
+
+
+def _run_in_atomic_dir(final: Path, then: str) -> subprocess.Popen:
+    code = textwrap.dedent(f"""
+        import os, signal, sys, time
+        from hf2mlc.manifest import atomic_output_dir
+        with atomic_output_dir({str(final)!r}) as tmp:
+            (tmp / "params_shard_0.bin").write_bytes(b"x" * 100000)
+            print(tmp, flush=True)
+            {then}
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)},
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_kill_9_leftover_temporary_dir_is_removed_by_the_next_run_but_a_live_one_is_kept(tmp_path):
+    final = tmp_path / "weights" / "q4f16_0"
+    live = _run_in_atomic_dir(final, "time.sleep(60)")
+    try:
+        running = Path(live.stdout.readline().strip())
+        killed = _run_in_atomic_dir(final, "os.kill(os.getpid(), signal.SIGKILL)")
+        left = Path(killed.stdout.readline().strip())
+        assert killed.wait() == -9 and left.is_dir() and (left / "params_shard_0.bin").is_file()
+        assert running.is_dir() and running != left
+        removed = remove_stale_temporaries(final)
+        assert removed == [left] and not left.exists() and running.is_dir()
+        with atomic_output_dir(final) as tmp:
+            (tmp / "ok").write_text("done")
+        assert (final / "ok").read_text() == "done" and running.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+    with atomic_output_dir(final):
+        pass  # the live run is dead now: its directory and lock go too
+    assert sorted(p.name for p in final.parent.iterdir()) == ["q4f16_0"]
+
+
+def test_leftover_of_an_older_hf2mlc_without_lock_is_removed(tmp_path):
+    final = tmp_path / "build" / "host-q4f16_0"
+    legacy = final.parent / ".host-q4f16_0.tmp-abcd1234"
+    legacy.mkdir(parents=True)
+    (legacy / "lib.so").write_bytes(b"x")
+    with atomic_output_dir(final):
+        pass
+    assert not legacy.exists() and final.is_dir()
