@@ -252,8 +252,10 @@ def goals(rows: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str, s
         kl_ratio, ppl_ratio = v["kl_mean"] / rtn["kl_mean"], v["delta_ppl_pct"] / rtn["delta_ppl_pct"]
         out.append((f"best calibrated q4f16_0 ({method}) ≤ ½ RTN q4f16_0: mean KL", "≤ 50 %",
                     f"{kl_ratio:.0%} ({v['kl_mean']:.4f} vs {rtn['kl_mean']:.4f})", "met" if kl_ratio <= 0.5 else "not met"))
+        noise = (f"; RTN's own interval [{rtn['delta_ppl_pct_ci95'][0]:+.2f}, {rtn['delta_ppl_pct_ci95'][1]:+.2f}] % "
+                 "includes 0, so this is within noise" if rtn.get("delta_ppl_pct_ci95", [1])[0] <= 0 else "")
         out.append((f"best calibrated q4f16_0 ({method}) ≤ ½ RTN q4f16_0: Δ perplexity", "≤ 50 %",
-                    f"{ppl_ratio:.0%} ({v['delta_ppl_pct']:+.2f} % vs {rtn['delta_ppl_pct']:+.2f} %)",
+                    f"{ppl_ratio:.0%} ({v['delta_ppl_pct']:+.2f} % vs {rtn['delta_ppl_pct']:+.2f} %){noise}",
                     "met" if ppl_ratio <= 0.5 else "not met"))
     q3 = best([(k, v) for k, v in rows.items() if k[1].startswith("q3") and calibrated(k[0])])
     if q3 is None:
@@ -305,7 +307,11 @@ def render(results: dict[str, Any]) -> str:
         "each in a fresh process, checkpoint in the page cache)."
         if stand_in else "RESULTS.md has no q4f16_0 conversion row: run `python benchmarks/run.py`."
     )
-    missing = results["missing"]
+    missing = list(results["missing"])
+    if results["windows"] < results["all_windows"]:
+        missing.append(f"scored {results['windows']} of the held-out split's {results['all_windows']} windows "
+                       "(`--max-windows`): the intervals are wider than a full run's")
+    built = sorted({r.get("built_at", "?") for r in results["rows"]})
     notes = "\n".join(f"- {line}" for line in missing) if missing else "- none"
     goal_rows = [list(g) for g in goals(rows)]
     chars, toks = stats["characters"], stats["tokens"]
@@ -367,7 +373,8 @@ control.
 
 {m['cpu_model']} ({m['cpu_features']}), {m['cores']} usable cores, {m['memory_gib']} GiB; {m['date']}; load
 average at start {m['load_at_start']['load_1m']}, at end {results['load_at_end']['load_1m']} (the machine was
-shared: timings are slower than on an idle one, quality numbers are unaffected); hf2mlc commit {m['commit']};
+shared: timings are slower than on an idle one, quality numbers are unaffected); hf2mlc commit {m['commit']}
+(builds converted and checked at {', '.join(built)});
 benchmark wall time {results['total_seconds'] / 60:.1f} min.
 """
 
