@@ -259,6 +259,7 @@ def package_spec(wildcards):
         hub_repo=(
             upload_repo(wildcards.model, wildcards.device) if wildcards.device in config["upload"]["devices"] else None
         ),
+        quality_gate=spec["targets"][wildcards.device].get("quality_gate"),
     ).as_params()
 
 

@@ -95,8 +95,9 @@ def _edit_config(work: Path, edit) -> Path:
         (lambda c: c["models"][0].__setitem__("family", "no-such-family"), "config/families/no-such-family.yaml"),
         (lambda c: c["models"].append(dict(c["models"][0])), "more than once"),
         (lambda c: c["upload"].__setitem__("repo", "not a repo"), "repo"),
+        (lambda c: c["defaults"]["targets"]["iphone"]["quality_gate"].__setitem__("min_top1", 1.5), "min_top1"),
     ],
-    ids=["bad-quantization", "unknown-family", "duplicate-id", "bad-upload-repo"],
+    ids=["bad-quantization", "unknown-family", "duplicate-id", "bad-upload-repo", "bad-quality-gate"],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, edit, needle: str) -> None:
     work = copy_workflow(tmp_path / "wf")
@@ -401,3 +402,40 @@ def test_hub_in_and_out_through_the_workflow(built: dict, tmp_path: Path) -> Non
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
     for proc in (first, second):
         assert FAKE_TOKEN not in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_quality_gate_blocks_a_failing_bundle(built: dict, tmp_path: Path) -> None:
+    """The default gates pass the demo; a gate it cannot meet reruns only the package, which records the
+    failed verdict (file, manifest, card), and `snakemake upload` then refuses with one line naming it."""
+    from huggingface_hub import ModelCard
+
+    source = built["work"]
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(source / "results", work / "results", symlinks=True)
+    shutil.copytree(source / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+    package = work / "results" / "package" / "demo" / "iphone"
+    assert json.loads((package / "quality-gate.json").read_text())["passed"] is True
+
+    _edit_config(work, lambda c: c["defaults"]["targets"]["iphone"].__setitem__(
+        "quality_gate", {"min_top1": 0.9999, "max_mean_kl": 1.0}))
+    assert planned_jobs(work, "iphone_bundle") == [f"package[{DEMO},device=iphone]"]
+    snakemake(work, "--cores", "2", "iphone_bundle")
+    verdict = json.loads((package / "quality-gate.json").read_text())
+    report = json.loads((work / "results" / "evaluate" / "demo" / "q4f16_0" / "report.json").read_text())
+    assert verdict["passed"] is False and verdict["metrics"]["top1"] == report["top1_agreement"] < 0.9999
+    assert [(c["bound_name"], c["passed"]) for c in verdict["checks"]] == [("max_mean_kl", True), ("min_top1", False)]
+    assert read_manifest(package)["quality_gate"] == verdict and verify_manifest(package) == []
+    card = ModelCard((package / "README.md").read_text(encoding="utf-8"))
+    assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} >= {
+        ("quality_gate", "fail"), ("top1_agreement", round(report["top1_agreement"], 4))}
+
+    proc = snakemake(work, "--cores", "2", "upload", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("hf2mlc:")]
+    assert lines == [
+        f"hf2mlc: rule upload: results/package/demo/iphone: fails its quality gate (top1 "
+        f"{report['top1_agreement']:.6g} below min_top1 0.9999); not uploading. Use a better quantization or "
+        "method for this device, or relax quality_gate in config/config.yaml."
+    ]
+    assert not (work / "results" / "upload" / "demo" / "iphone.json").exists()

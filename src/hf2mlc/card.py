@@ -112,14 +112,18 @@ def model_card(
     estimated_vram: int,
     tokenizer: dict[str, Any] | None = None,
     source_commit: str | None = None,
-    model_index: list[dict[str, Any]] | None = None,
+    gate_verdict: dict[str, Any] | None = None,
 ) -> str:
-    """The README.md text; ``tokenizer``: the tokenizer stage's parity report.
+    """The README.md text; ``tokenizer``: the tokenizer stage's parity report; ``gate_verdict``: the
+    quality gate's (hf2mlc.gate), whose measurements become the Hub's ``model-index``.
 
     ``source_commit`` is the commit the download resolved the source's revision to (its manifest),
     so the card pins what was converted even when the config said ``@main``.
     """
-    front = yaml.safe_dump(_front_matter(settings, source_metadata, model_index), allow_unicode=True, sort_keys=False)
+    from .gate import card_section, model_index
+
+    index = model_index(settings["model_id"], evaluation, gate_verdict) if evaluation else None
+    front = yaml.safe_dump(_front_matter(settings, source_metadata, index), allow_unicode=True, sort_keys=False)
     template = chat_config["conv_template"]
     build_settings = {
         **{key: settings[key] for key in sorted(settings)},
@@ -146,6 +150,8 @@ def model_card(
         *(["## Tokenizer\n", _tokenizer_section(tokenizer)] if tokenizer else []),
         "## Quality after quantization\n",
         (_quality_table(evaluation) if evaluation else "Not measured for this bundle.\n"),
+        "## Quality gate\n",
+        card_section(gate_verdict),
         "## Build settings\n",
         "The exact configuration this bundle was built from (the model's entry in `config/config.yaml` with its "
         "defaults applied, and the source commit), so that hf2mlc rebuilds the same files:\n",

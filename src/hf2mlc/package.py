@@ -12,7 +12,8 @@
       lib/                           # the model library: <lib>.tar (+ libmodel_iphone.a / <lib>.dylib)
       mlc-package-config.json        # the input `mlc_llm package` would take to make the same bundle
       app-config.json                # the older app's form, as the 2023 write-up used it
-      README.md                      # the model card (Hub front matter)
+      README.md                      # the model card (Hub front matter, model-index results)
+      quality-gate.json              # the quality gate's verdict (hf2mlc.gate); upload refuses a failing one
       manifest.json                  # written by the stage: file digests, inputs, parameters, versions
 
 Weights are hard-linked from the weights stage where the file system allows (a 3.6B model's 2 GB are not
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import layout
+from . import gate, layout
 from .card import model_card
 from .errors import UserError
 from .model.gpt_neox.config import GPTNeoXConfig
@@ -206,6 +207,8 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
     context_window_size = int(library["context_window_size"])
     prefill_chunk_size = int(library["prefill_chunk_size"])
     model_lib = lib_info["model_lib"]
+    verdict = gate.verdict(spec.quality_gate, evaluation, f"{inputs.evaluate}/{layout.EVALUATION_REPORT}")
+    gate.write_verdict(out, verdict)
     generation_config: dict[str, Any] = {}
     for name in ("config.json", "generation_config.json"):  # later files win, as in transformers
         path = inputs.model / name
@@ -306,6 +309,7 @@ def make_package(inputs: PackageInputs, out: Path, spec: PackageSpec) -> None:
         estimated_vram=vram,
         tokenizer=parity,
         source_commit=_source_commit(inputs.model),
+        gate_verdict=verdict,
     )
     (out / "README.md").write_text(card, encoding="utf-8")
 

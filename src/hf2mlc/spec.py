@@ -222,6 +222,8 @@ class PackageSpec:
     bundle_weight: bool = True
     #: The Hub repo the upload publishes this bundle to (owner/name), if it is uploaded.
     hub_repo: str | None = None
+    #: The device's ``quality_gate`` bounds (hf2mlc.gate); None: no gate.
+    quality_gate: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.bundle_weight and not self.hub_repo:

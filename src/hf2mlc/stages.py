@@ -272,6 +272,7 @@ def package(
 ) -> None:
     """The bundle in MLC LLM's layout, with its model card; kept in the version store (results/versions/)
     and recorded in results/versions.jsonl, so a later failing rerun cannot lose it."""
+    from .gate import read_verdict
     from .package import PackageInputs, make_package
 
     inputs = PackageInputs(
@@ -292,6 +293,7 @@ def package(
             inputs=inputs.as_roles(),
             params=spec.as_params(),
             timings=watch.timings,
+            extra={"quality_gate": read_verdict(tmp)},
         )
     if versions_log is not None and model is not None:
         from .versions import store
@@ -303,8 +305,11 @@ def upload(*, packages: list[str], records: list[str], repos: dict[str, str], en
     """Publish each bundle (``packages[i]`` to ``repos[records[i]]``); write what was (or would be) sent
     to ``records[i]``."""
     from . import hub
+    from .gate import require_pass
     from .package import hub_folder
 
+    for package_path in packages:  # every bundle is checked before any is sent
+        require_pass(Path(package_path))
     for record_path, package_path in zip(records, packages, strict=True):
         package_dir = Path(package_path)
         with hub_folder(package_dir) as folder:
