@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
-import io
 import json
 import math
 import re
@@ -161,28 +160,8 @@ def split_paragraphs(paragraphs: list[str]) -> dict[str, list[str]]:
 
 def train_tokenizer(paragraphs: list[str]) -> bytes:
     """SentencePiece unigram, byte fallback, nmt_nfkc, LINE's special pieces and ids, ``\\n`` a piece."""
-    import sentencepiece as spm
-
-    model = io.BytesIO()
-    specials = demo.SPECIAL_PIECES
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(paragraphs),
-        model_writer=model,
-        model_type="unigram",
-        vocab_size=VOCAB_SIZE,
-        byte_fallback=True,
-        normalization_rule_name="nmt_nfkc",
-        unk_id=demo.UNK_ID, bos_id=demo.BOS_ID, eos_id=demo.EOS_ID, pad_id=demo.PAD_ID,
-        unk_piece=specials[demo.UNK_ID], bos_piece=specials[demo.BOS_ID],
-        eos_piece=specials[demo.EOS_ID], pad_piece=specials[demo.PAD_ID],
-        control_symbols=list(specials[4:]),
-        user_defined_symbols=["\n"],
-        character_coverage=0.9995,
-        max_sentence_length=8192,  # some of the novel's paragraphs are long
-        num_threads=1,
-        minloglevel=2,
-    )
-    return model.getvalue()
+    # Some of the novel's paragraphs are longer than the trainer's default sentence limit.
+    return demo.train_line_like_sentencepiece(paragraphs, VOCAB_SIZE, max_sentence_length=8192)
 
 
 def encode_text(encode: Any, text: str) -> list[int]:

@@ -97,15 +97,21 @@ def train_tokenizer(dialogues: list[str]) -> bytes:
     The trainer sees one sentence per line: its normalizer turns a newline into a space anyway, and the
     newline piece is user-defined, so no learned piece can contain it.
     """
+    return train_line_like_sentencepiece([line for text in dialogues for line in text.split("\n")], VOCAB_SIZE)
+
+
+def train_line_like_sentencepiece(sentences: list[str], vocab_size: int, **trainer_options: Any) -> bytes:
+    """A SentencePiece unigram model with LINE's conventions (byte fallback, nmt_nfkc, its special pieces
+    and ids, ``\n`` a piece), serialized: the demo's and the quality benchmark's tokenizers, one recipe.
+    ``trainer_options`` only where a caller needs more (they are recorded in the model's trainer spec)."""
     import sentencepiece as spm
 
-    sentences = [line for text in dialogues for line in text.split("\n")]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=model,
         model_type="unigram",
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         byte_fallback=True,
         normalization_rule_name="nmt_nfkc",
         unk_id=UNK_ID,
@@ -121,6 +127,7 @@ def train_tokenizer(dialogues: list[str]) -> bytes:
         character_coverage=0.9995,
         num_threads=1,
         minloglevel=2,
+        **trainer_options,
     )
     return model.getvalue()
 
