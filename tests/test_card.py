@@ -63,7 +63,8 @@ def test_front_matter_follows_mlc_ai_and_adds_what_they_lack() -> None:
     assert front["tags"][:2] == ["mlc-llm", "web-llm"] and "q4f16_1" in front["tags"]
     assert front["license"] == "apache-2.0" and front["language"] == ["ja"]
     assert front["pipeline_tag"] == "text-generation"
-    assert "model-index" not in front
+    unmeasured, _ = _card(evaluation=None)
+    assert "model-index" not in unmeasured
 
 
 def test_card_pins_the_commit_and_holds_the_exact_config_and_quality() -> None:
@@ -79,8 +80,13 @@ def test_card_pins_the_commit_and_holds_the_exact_config_and_quality() -> None:
 
 
 def test_demo_source_has_no_base_model_and_model_index_goes_last() -> None:
-    index = [{"name": "demo", "results": [{"task": {"type": "text-generation"}, "metrics": [{"type": "perplexity", "value": 1.44}]}]}]
-    front, text = _card(settings={**SETTINGS, "source": "demo"}, source_commit=None, model_index=index)
+    front, text = _card(settings={**SETTINGS, "source": "demo"}, source_commit=None)
     assert "base_model" not in front and "base_model_relation" not in front
-    assert list(front)[-1] == "model-index" and front["model-index"] == index
+    assert list(front)[-1] == "model-index"
+    (entry,) = front["model-index"]
+    assert entry["name"] == SETTINGS["model_id"]
+    metrics = {(m["type"], m["name"]): m["value"] for m in entry["results"][0]["metrics"]}
+    assert metrics[("perplexity", "Perplexity (this build)")] == 10.1234
+    assert metrics[("top1_agreement", "Top-1 agreement with float32")] == 0.9312
+    assert entry["results"][0]["dataset"]["args"] == {"tokens": 4096}
     assert "commit `" not in text

@@ -24,7 +24,7 @@ def test_help_documents_every_subcommand_and_option(capsys) -> None:
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     subcommands = _subparsers()
-    assert set(subcommands) == {"demo", "inspect", "chat", "build"}
+    assert set(subcommands) == {"demo", "inspect", "chat", "build", "versions", "restore"}
     for name, sub in subcommands.items():
         assert f"hf2mlc {name}" in text, name  # an example in the overview
         for action in sub._actions:

@@ -29,7 +29,7 @@ def _names(stage: str) -> set[str]:
 def test_every_rule_digests_its_own_stage() -> None:
     assert RULES == {**{name: name for name in ("download", "patch", "convert", "compile", "check", "tokenizer",
                                                 "reference", "reference_answers", "evaluate", "package",
-                                                "upload")},
+                                                "upload", "tables", "plot")},
                      "convert_calibrated": "convert"}  # fmt: skip
     # Calibrated conversion runs the streaming reference and the calibrated quantizers inside convert's stage.
     assert {"quantization/calibrated.py", "quantization/calibration.py", "reference.py", "evaluation_text.py"} <= _names("convert")
