@@ -39,8 +39,9 @@ def test_mem_mb_passes_through_both_measurements_with_headroom() -> None:
         assert small * 1.048576 * 1.25 <= at_demo < small * 1.048576 * 1.25 + 100, rule
         assert large * 1.048576 * 1.25 <= at_line < large * 1.048576 * 1.25 + 100, rule
         assert mem_mb(rule, 2 * LINE_3_6B_PARAMETERS) >= at_line  # grows (or stays) with the model
-    # A 3.6B conversion streams: far below the machine's 24 GiB; the float32 check is not.
-    assert mem_mb("convert", LINE_3_6B_PARAMETERS) < 1000 < 24_000 < mem_mb("evaluate", LINE_3_6B_PARAMETERS)
+    # A 3.6B conversion streams; the evaluation holds the q0f16 engine's weights (the float32 reference is
+    # streamed after it), so it asks for far more than the conversion but fits a 16 GB machine.
+    assert mem_mb("convert", LINE_3_6B_PARAMETERS) < 1000 < 7_000 < mem_mb("evaluate", LINE_3_6B_PARAMETERS) < 16_000
     with pytest.raises(KeyError):
         mem_mb("no-such-rule", DEMO_PARAMETERS)
 
