@@ -285,20 +285,21 @@ def uploads():
 def setting_file(value):
     """The file an evaluation text or prompt list setting names, a file path or a bundled set
     (src/hf2mlc/data/<name>.txt), as a watched input: editing it reruns the jobs that read it. (Code
-    digests cannot cover it: config, not code, names it.) demo_heldout is part of the download."""
+    digests cannot cover it: config, not code, names it.) demo_heldout is part of the download. local():
+    a file of the checkout or the user's, never staged through a storage provider."""
     if names_a_file(value):
-        return [value]
+        return [local(value)]
     bundled = bundled_file(value)
     if bundled is None:
         return []
-    return [os.path.relpath(bundled, WORKFLOW_DIR)]
+    return [local(os.path.relpath(bundled, WORKFLOW_DIR))]
 
 
 def reference_templates(wildcards):
     """The family files whose templates the reference answers under: the model's own first, then seed-compat
     (the 2023 write-up's), so that template errors are told apart from quantization errors."""
     families = dict.fromkeys([MODELS[wildcards.model]["family"], "seed-compat"])
-    return [f"config/families/{name}.yaml" for name in families]
+    return [local(f"config/families/{name}.yaml") for name in families]
 
 
 # ---- fail fast: what can be checked before any job runs is checked now (hf2mlc.preflight) ----
