@@ -192,6 +192,7 @@ WEIGHT_PATH = {  # every job that reads converted weights, and what follows them
     f"compile[{DEMO},target=iphone,quant=q4f16_0]",  # waits on the q0f16 check
     *PACKAGES,
 }
+REFERENCE = {f"reference[{DEMO}]", f"reference_answers[{DEMO}]"}
 
 
 @pytest.mark.slow
@@ -202,15 +203,14 @@ WEIGHT_PATH = {  # every job that reads converted weights, and what follows them
         # The stage's own module: only the tokenizer stage (and the bundles) import it.
         ("src/hf2mlc/tokenizer/stage.py", {f"tokenizer[{DEMO}]", *PACKAGES}),
         # How a bundle's tokenizer reads text: the tokenizer stage, patch (families check templates with
-        # it), check and evaluate (they tokenize the evaluation text with it), the iPhone compile (it waits
-        # on the check), and the bundles.
-        ("src/hf2mlc/tokenizer/bundle.py", {f"tokenizer[{DEMO}]", f"patch[{DEMO}]", f"check[{DEMO},quant=q0f16]",
-                                            f"check[{DEMO},quant=q4f16_0]", f"evaluate[{DEMO},quant=q0f16]",
-                                            f"evaluate[{DEMO},quant=q4f16_0]",
-                                            f"compile[{DEMO},target=iphone,quant=q4f16_0]", *PACKAGES}),
-        # A deep module: the packers, imported by convert and (dequantizing) by check, which evaluate
-        # imports; not by compile, which takes no weights, nor by download, patch, tokenizer or package.
-        ("src/hf2mlc/quantization/group.py", WEIGHT_PATH),
+        # it), convert (a calibrated method tokenizes its calibration text with it), the reference, its
+        # answers, check and evaluate (they tokenize the evaluation text and prompts with it), the iPhone
+        # compile (it waits on the check), and the bundles.
+        ("src/hf2mlc/tokenizer/bundle.py", WEIGHT_PATH | REFERENCE | {f"tokenizer[{DEMO}]", f"patch[{DEMO}]"}),
+        # A deep module: the packers, imported by convert, by check (dequantizing), which evaluate follows,
+        # and by the reference module (its tensor-cache weight source); not by compile, which takes no
+        # weights, nor by download, patch, tokenizer or package.
+        ("src/hf2mlc/quantization/group.py", WEIGHT_PATH | REFERENCE),
         ("src/hf2mlc/compiler_pass/cpu_schedule.py", {
             f"compile[{DEMO},target=host,quant=q0f16]",
             f"compile[{DEMO},target=host,quant=q4f16_0]",
@@ -305,7 +305,8 @@ def test_every_rule_code_digest_covers_the_modules_its_jobs_loaded(built: dict) 
             path = module_path(module)
             assert path is not None and path in covered, f"rule {rule}: {module} is not in its code digest"
         seen.add(rule)
-    assert seen == {"download", "patch", "convert", "compile", "check", "tokenizer", "evaluate", "package"}
+    assert seen == {"download", "patch", "convert", "compile", "check", "tokenizer", "reference", "reference_answers",
+                    "evaluate", "package"}
 
 
 def _comparable(path: Path) -> bytes:

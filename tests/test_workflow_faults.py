@@ -85,15 +85,15 @@ def test_failed_package_rerun_keeps_the_stored_version_and_restore_brings_it_bac
     assert [(line["version_id"], line["path"]) for line in lines if line["device"] == "iphone"] == [
         (version, f"versions/demo/iphone/{version}")]
 
-    tokenizer_json = demo / "results" / "tokenizer" / "demo" / "tokenizer.json"
-    _flip(tokenizer_json)
+    shipped = demo / "results" / "tokenizer" / "demo" / "tokenizer.model"  # the demo's SentencePiece model
+    _flip(shipped)
     proc = snakemake(demo, "--cores", "2", "--forcerun", "package", "results/package/demo/iphone", check=False)
     assert proc.returncode != 0
     message = _one_hf2mlc_line(proc, "package")
-    assert str(Path("results/tokenizer/demo/tokenizer.json")) in message and "--forcerun tokenizer" in message
+    assert str(Path("results/tokenizer/demo/tokenizer.model")) in message and "--forcerun tokenizer" in message
     assert not package.exists()  # Snakemake removed the old output before the job ran …
     assert verify_manifest(stored) == []  # … but the stored version is intact
-    _flip(tokenizer_json)
+    _flip(shipped)
 
     assert main(["restore", version[:8], "--results", str(demo / "results")]) == 0
     assert read_manifest(package)["version_id"] == version and verify_manifest(package) == []
