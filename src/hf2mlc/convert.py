@@ -52,9 +52,8 @@ from .quantization.calibration import (
     quantize_planned,
 )
 from .quantization.group import quantize_embedding, quantize_linear, quantize_rows_fast
+from .spec import FFN_OUT_DTYPES
 from .tensor_cache import TensorCacheWriter
-
-FFN_OUT_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
