@@ -51,7 +51,7 @@ def dequantized_reference(model_dir: Path, weights_dir: Path, quantization: str)
     """
     torch = _torch()
 
-    from .loader.huggingface import reorder_qkv
+    from .model.gpt_neox.loader import reorder_qkv
     from .quantization import get_quantization
     from .quantization.group import dequantize
     from .tensor_cache import read_tensor_cache

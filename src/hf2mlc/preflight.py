@@ -98,7 +98,8 @@ def config_param_count(config: GPTNeoXConfig) -> int:
 def checkpoint_tensors(model_dir: Path) -> tuple[int, int, list[Path]] | None:
     """(parameter count, largest tensor's element count, files) from the safetensors headers, or ``None``
     for a PyTorch checkpoint (whose sizes cannot be read without unpickling)."""
-    from .loader.huggingface import find_weight_files, is_dropped, read_safetensors_header
+    from .loader.huggingface import find_weight_files, read_safetensors_header
+    from .model.gpt_neox.loader import is_dropped
 
     fmt, files = find_weight_files(model_dir)
     if fmt != "safetensors":
@@ -106,7 +107,7 @@ def checkpoint_tensors(model_dir: Path) -> tuple[int, int, list[Path]] | None:
     total = largest = 0
     for path in files:
         for info in read_safetensors_header(path):
-            if not is_dropped(info.name):
+            if not is_dropped(info.stored_name):
                 total += info.size
                 largest = max(largest, info.size)
     return total, largest, files
