@@ -77,11 +77,17 @@ def test_missing_file_or_manifest_is_one_line(tmp_path):
 
 
 def _run_in_atomic_dir(final: Path, then: str) -> subprocess.Popen:
+    return _run_in("from hf2mlc.manifest import atomic_output_dir", f"atomic_output_dir({str(final)!r})",
+                   'tmp / "params_shard_0.bin"', then)
+
+
+def _run_in(imports: str, context: str, write: str, then: str) -> subprocess.Popen:
+    """A process that enters ``context``, writes ``write`` (a path) inside it, prints the directory, then runs ``then``."""
     code = textwrap.dedent(f"""
         import os, signal, sys, time
-        from hf2mlc.manifest import atomic_output_dir
-        with atomic_output_dir({str(final)!r}) as tmp:
-            (tmp / "params_shard_0.bin").write_bytes(b"x" * 100000)
+        {imports}
+        with {context} as tmp:
+            ({write}).write_bytes(b"x" * 100000)
             print(tmp, flush=True)
             {then}
     """)
@@ -109,6 +115,37 @@ def test_kill_9_leftover_temporary_dir_is_removed_by_the_next_run_but_a_live_one
     with atomic_output_dir(final):
         pass  # the live run is dead now: its directory and lock go too
     assert sorted(p.name for p in final.parent.iterdir()) == ["q4f16_0"]
+
+
+def test_kill_9_leftover_hub_staging_folder_is_removed_by_the_next_upload_but_a_live_one_is_kept(tmp_path):
+    from hf2mlc.package import hub_folder
+
+    package = tmp_path / "package" / "demo" / "iphone"
+    (package / "bundle" / "demo-q4f16_0-MLC").mkdir(parents=True)
+    (package / "bundle" / "demo-q4f16_0-MLC" / "params_shard_0.bin").write_bytes(b"w" * 1000)
+    (package / "lib").mkdir()
+    (package / "lib" / "libmodel_iphone.a").write_bytes(b"a")
+    for name in ("README.md", "manifest.json"):
+        (package / name).write_text("{}", encoding="utf-8")
+    run = ("from pathlib import Path; from hf2mlc.package import hub_folder", f"hub_folder(Path({str(package)!r}))",
+           'tmp / "staged.bin"')
+    live = _run_in(*run, "time.sleep(60)")
+    try:
+        running = Path(live.stdout.readline().strip())
+        killed = _run_in(*run, "os.kill(os.getpid(), signal.SIGKILL)")
+        left = Path(killed.stdout.readline().strip())
+        assert killed.wait() == -9 and (left / "params_shard_0.bin").is_file() and (left / "staged.bin").is_file()
+        assert left.parent == package.parent and running.is_dir() and running != left
+        with hub_folder(package) as folder:  # the next upload of this bundle
+            assert not left.exists() and running.is_dir()
+            assert (folder / "params_shard_0.bin").read_bytes() == b"w" * 1000
+        assert not folder.exists()
+    finally:
+        live.kill()
+        live.wait()
+    with hub_folder(package):
+        pass  # the live run is dead now: its folder and lock go too
+    assert sorted(p.name for p in package.parent.iterdir()) == ["iphone"]
 
 
 def test_leftover_of_an_older_hf2mlc_without_lock_is_removed(tmp_path):
