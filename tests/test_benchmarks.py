@@ -166,6 +166,56 @@ def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:
     assert not list(dest.rglob("__pycache__"))
 
 
+def test_line_run_reads_job_tables_disk_and_extrapolates(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, row in (("reference/m.tsv", "120.50\t0:02:00\t2048.5\t1\t1\t1\t0\t0\t90\t230.1\n"),
+                     ("evaluate/m/q4f16_0.tsv", "60.00\t0:01:00\t3000.0\t1\t1\t1\t0\t0\t90\t100.0\n"),
+                     ("tokenizer/m.tsv", "1.00\t0:00:01\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")):
+        (results / "benchmarks" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / rel).write_text(header + row)
+    (results / "weights").mkdir()
+    (results / "weights" / "w.bin").write_bytes(b"x" * 1_000_000)
+    (results / "versions").mkdir()
+    (results / "versions" / "w.bin").hardlink_to(results / "weights" / "w.bin")
+    jobs = {(j["rule"], j["job"]): j for j in workflow_bench.benchmark_tables(results)}
+    assert jobs[("evaluate", "m/q4f16_0")]["seconds"] == 60.0 and jobs[("reference", "m")]["max_rss_mb"] == 2048.5
+    assert jobs[("tokenizer", "m")]["max_rss_mb"] is None and jobs[("reference", "m")]["cpu_seconds"] == 230.1
+    disk = workflow_bench.disk_usage(results)
+    assert disk["weights"] + disk["versions"] < 1_100_000  # the hard-linked file counts once
+    assert disk["total"] >= sum(v for k, v in disk.items() if k != "total")
+    line = {"cores": 2, "max_tokens": 1000, "tokens": 1000, "text": "eval_ja_long", "seconds": 600.0, "other_cores": 0.1,
+            "jobs": list(jobs.values()), "reference": {"seconds": 120.5, "tokens": 1000}, "disk_bytes": disk,
+            "evaluations": {"q4f16_0": {"seconds": 60.0, "tokens": 1000, "delta_perplexity_pct": 1.5, "top1_agreement": 0.9}}}
+    ext = report.line_extrapolation(line)
+    assert ext["per_quant"]["q4f16_0"]["total_s"] == pytest.approx(1805.0) and ext["all_s"] == pytest.approx(600 + 180.5 * 9)
+    rows = report.goals_11({"scale": "full", "line": line})
+    assert rows[-3][3] == "**not met** (extrapolated)" and rows[-2][2].startswith("2.93 GiB (evaluate m/q4f16_0)")
+    assert rows[-2][3] == "met" and "30.1 min (extrapolated from 1,000 tokens" in rows[-3][2]
+
+
+def test_stand_in_tokenizer_is_padded_to_the_vocab_without_changing_encoding() -> None:
+    import sentencepiece
+
+    from shared_data import shared_file
+
+    data = shared_file(*workflow_bench.STAND_IN_TOKENIZER).read_bytes()
+    original = sentencepiece.SentencePieceProcessor(model_proto=data)
+    padded = sentencepiece.SentencePieceProcessor(model_proto=workflow_bench.pad_sentencepiece(data, 51200))
+    text = (REPO / "src" / "hf2mlc" / "data" / "eval_ja_long.txt").read_text(encoding="utf-8")[:3000]
+    assert original.vocab_size() == 48586 and padded.vocab_size() == 51200
+    assert padded.encode(text) == original.encode(text)
+    assert padded.decode([51199]) == "<stand-in-51199>" and padded.id_to_piece(100) == original.id_to_piece(100)
+
+
+def test_line_run_config_passes_the_schema(tmp_path: Path) -> None:
+    from snakemake.utils import validate
+
+    config = workflow_bench.stand_in_config(REPO, tmp_path, max_tokens=1000)
+    validate(config, schema=str(REPO / "config" / "schema.yaml"))
+    assert [m["evaluation"]["max_tokens"] for m in config["models"]] == [1000]
+
+
 # ----------------------------------------------------------------------------- the harness itself
 
 
