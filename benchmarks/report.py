@@ -436,6 +436,19 @@ def _workflow(results: dict[str, Any]) -> str:
     )
 
 
+NOTES_HEADING = "## Notes on the goals (written by hand, kept across runs)"
+
+
+def _kept_notes(previous: str | None) -> list[str]:
+    """The hand-written notes section of ``previous`` (what an unmet goal would take), which a new run
+    keeps: the numbers are the harness's, the reasons are people's."""
+    if not previous or NOTES_HEADING + "\n" not in previous:
+        return []
+    start = previous.index(NOTES_HEADING + "\n") + len(NOTES_HEADING)
+    end = previous.find("\n## ", start)
+    return [NOTES_HEADING, previous[start: end if end >= 0 else len(previous)].strip()]
+
+
 def _goals_11_text(results: dict[str, Any]) -> str:
     return _table(["goal", "target", "measured", "status"], goals_11(results))
 
@@ -470,6 +483,7 @@ def render(results: dict[str, Any], previous: str | None = None) -> str:
         ANCHOR_HEADING, _anchor(results),
         "## Workflow reruns", _workflow(results),
         LINE_HEADING, _line(results),
+        *_kept_notes(previous),
     ]
     if results.get("errors"):
         parts += ["## Errors"] + [f"**{k}**:\n\n```\n{v.strip()[-1500:]}\n```" for k, v in results["errors"].items()]
