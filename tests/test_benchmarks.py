@@ -151,6 +151,8 @@ def test_a_one_section_run_replaces_only_its_section_of_the_report() -> None:
     replaced = report.splice_section(added, "## Anchor", "second")
     assert replaced == added.replace("first", "second")
     assert report.splice_section("# R\n", "## Anchor", "x") == "# R\n## Anchor\n\nx\n\n"
+    notes = f"{added}\n{report.NOTES_HEADING}\n\nwhy not\n\n## Errors\n\nx\n"
+    assert report._kept_notes(notes) == [report.NOTES_HEADING, "why not"] and report._kept_notes(added) == []
 
 
 def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:
