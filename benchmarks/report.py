@@ -306,22 +306,29 @@ GOALS_11_HEADING = "## Goals (issue 11)"
 EVAL_TOKENS_GOAL, EVAL_MINUTES_GOAL, JOB_RSS_GOAL_GIB, ALL_MINUTES_GOAL = 10_000, 10, 8, 20
 
 
+def _scaled(job: dict[str, Any], factor: float) -> float:
+    """A job's wall time with its token-proportional part (``scoring_seconds``) scaled by ``factor``;
+    the whole job scaled (an upper bound) when its log did not say how long scoring took."""
+    scoring = job.get("scoring_seconds")
+    return job["seconds"] + (scoring if scoring is not None else job["seconds"]) * (factor - 1)
+
+
 def line_extrapolation(line: dict[str, Any]) -> dict[str, Any]:
-    """What the run's per-token rates imply for the workflow's default 10,000-token evaluation: each
-    token-proportional job (reference, evaluations) scaled whole by 10,000 / tokens scored — an upper
-    bound, since their loading and the evaluation's greedy answers do not grow with the tokens."""
+    """What the run's per-token rates imply for the workflow's default 10,000-token evaluation: the
+    scoring part of the reference and of each evaluation scaled by 10,000 / tokens scored, the rest of
+    those jobs (loading, writing, the evaluation's greedy answers) and every other job as measured."""
     tokens = line.get("tokens") or 0
     factor = EVAL_TOKENS_GOAL / tokens if tokens else None
-    ref = line["reference"]["seconds"]
+    ref = line["reference"]
     out: dict[str, Any] = {"factor": factor, "per_quant": {}}
-    if not factor or ref is None:
+    if not factor or ref["seconds"] is None:
         return out
-    scaled = ref * factor
+    ref_s = _scaled(ref, factor)
     for quant, ev in line["evaluations"].items():
-        out["per_quant"][quant] = {"reference_s": scaled, "evaluate_s": ev["seconds"] * factor,
-                                   "total_s": scaled + ev["seconds"] * factor}
-    grows = ref + sum(ev["seconds"] for ev in line["evaluations"].values())
-    out["all_s"] = line["seconds"] + grows * (factor - 1)
+        out["per_quant"][quant] = {"reference_s": ref_s, "evaluate_s": _scaled(ev, factor),
+                                   "total_s": ref_s + _scaled(ev, factor)}
+    grows = ref_s - ref["seconds"] + sum(_scaled(ev, factor) - ev["seconds"] for ev in line["evaluations"].values())
+    out["all_s"] = line["seconds"] + grows
     return out
 
 
@@ -379,10 +386,16 @@ def _line(results: dict[str, Any]) -> str:
     disk = line["disk_bytes"]
     parts = ", ".join(f"{name} {_gb(size)}" for name, size in sorted(disk.items(), key=lambda kv: -kv[1]) if name != "total")
     ext = line_extrapolation(line)
-    rates = [f"reference {line['tokens'] / line['reference']['seconds']:.2f} tok/s ({_s(line['reference']['seconds'])} "
-             f"for {line['tokens']:,} tokens)"] if line["reference"]["seconds"] else []
-    rates += [f"evaluate `{q}` {ev['tokens'] / ev['seconds']:.2f} tok/s ({_s(ev['seconds'])}; Δ perplexity "
-              f"{ev['delta_perplexity_pct']:+.2f} %, top-1 {ev['top1_agreement']:.3f})" for q, ev in line["evaluations"].items()]
+    def rate(job: dict[str, Any]) -> str:
+        scoring = job.get("scoring_seconds")
+        if scoring:
+            return (f"{line['tokens'] / scoring:.2f} tok/s while scoring ({_s(scoring)} of its {_s(job['seconds'])}; the "
+                    "rest loading, writing" + (" and the greedy answers)" if "delta_perplexity_pct" in job else ")"))
+        return f"{line['tokens'] / job['seconds']:.2f} tok/s over the whole job ({_s(job['seconds'])})"
+
+    rates = [f"reference {rate(line['reference'])}"] if line["reference"]["seconds"] else []
+    rates += [f"evaluate `{q}` {rate(ev)}, Δ perplexity {ev['delta_perplexity_pct']:+.2f} %, top-1 "
+              f"{ev['top1_agreement']:.3f}" for q, ev in line["evaluations"].items()]
     per_quant = "; ".join(f"`{q}` {e['reference_s'] / 60:.1f} min reference + {e['evaluate_s'] / 60:.1f} min evaluation"
                           for q, e in ext["per_quant"].items())
     return table + (
@@ -396,8 +409,8 @@ def _line(results: dict[str, Any]) -> str:
         f"**Evaluation length:** `evaluation.max_tokens: {line['max_tokens']}` of `{line['text']}` "
         f"({line['tokens']:,} tokens scored) instead of the default {EVAL_TOKENS_GOAL:,}, which does not fit a benchmark "
         f"run. Measured rates: {'; '.join(rates)}. **Extrapolated, not measured**, to {EVAL_TOKENS_GOAL:,} tokens "
-        f"(×{ext['factor']:.1f}, every second of those jobs scaled, so an upper bound: loading and the greedy answers do "
-        f"not grow with the tokens): {per_quant}."
+        f"(the scoring part of those jobs ×{ext['factor']:.1f}, the rest as measured; rows are the text's documents, so "
+        f"more tokens are more rows of the same lengths): {per_quant}."
     )
 
 

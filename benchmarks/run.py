@@ -1,6 +1,6 @@
 """Run the full-scale benchmarks and write benchmarks/RESULTS.md (issue 6).
 
-    python benchmarks/run.py            # the 3.6B LINE-shaped checkpoint: ~15 min on 2 cores
+    python benchmarks/run.py            # the 3.6B LINE-shaped checkpoint: ~40 min on 2 cores
     python benchmarks/run.py --quick    # every tensor at full size, 2 layers: a few minutes
     python benchmarks/run.py --scale tiny --sections convert,compile,host   # seconds (the test runs this)
 
@@ -418,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"line section: tokens of the evaluation text scored (default {LINE_MAX_TOKENS}; the workflow's is 10000)")
     parser.add_argument("--llama-python", type=Path, default=LLAMA_PYTHON,
                         help="the anchor's interpreter: a venv with benchmarks/requirements-anchor.txt")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: rewrite the report from the raw numbers of the last run of this scale")
     parser.add_argument("--clean", action="store_true", help="remove checkpoint, weights and libraries afterwards")
     args = parser.parse_args(argv)
     scale = "quick" if args.quick else args.scale
@@ -428,6 +430,12 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results_path = args.results or SETTINGS[scale]["results"] or work / f"RESULTS-{scale}.md"
+    if args.render:  # e.g. after a change to report.py: the numbers stay those of the run
+        results = json.loads((work / scale / f"results-{scale}.json").read_text())
+        previous = results_path.read_text(encoding="utf-8") if results_path.is_file() else None
+        results_path.write_text(report.render(results, previous=previous))
+        print(f"wrote {results_path}", file=sys.stderr)
+        return 0
 
     bench = Bench(scale, work, ffn_out_dtype=args.ffn_out_dtype, timeout=args.timeout)
     overrides = {key: value for key, value in (("convert_repeats", args.convert_repeats), ("prompt_len", args.prompt_len),

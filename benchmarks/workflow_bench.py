@@ -259,6 +259,29 @@ def disk_usage(results: Path) -> dict[str, int]:
     return out
 
 
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_SCORED = re.compile(r"host library: 100%\|[^|]*\| (\d+)/\1 \[(?:(\d+):)?(\d+):(\d+)")
+
+
+def scoring_seconds(log: Path, rule: str) -> float | None:
+    """Seconds a job spent on the evaluation tokens themselves, from its log: the reference from its
+    first line ("reference: N tokens of …") to its last layer; an evaluation from the elapsed time of its
+    finished progress bar over the rows.  The rest of each job (loading, writing, the evaluation's greedy
+    answers) does not grow with the tokens scored.  None when the log does not say."""
+    if not log.is_file():
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    if rule == "reference":
+        stamps = [time.mktime(time.strptime(m[1][:19], "%Y-%m-%d %H:%M:%S")) + int(m[1][20:]) / 1000
+                  for line in text.splitlines() if (m := _STAMP.match(line)) and "reference:" in line]
+        return round(stamps[-1] - stamps[0], 1) if len(stamps) > 1 else None
+    bars = _SCORED.findall(text)
+    if not bars:
+        return None
+    _, hours, minutes, seconds = bars[-1]
+    return float(int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
+
+
 def _manifest(path: Path) -> dict[str, Any]:
     file = path / "manifest.json"
     return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
@@ -287,6 +310,7 @@ def measure_line(repo: Path, work: Path, checkpoint: Path, *, max_tokens: int, c
         if job["rule"] == "evaluate":
             report = json.loads((results / "evaluate" / job["job"] / "report.json").read_text(encoding="utf-8"))
             evaluations[job["job"].split("/")[-1]] = {"seconds": job["seconds"], "tokens": report["text"]["tokens"],
+                                                      "scoring_seconds": scoring_seconds(results / "logs" / "evaluate" / f"{job['job']}.log", "evaluate"),
                                                       "delta_perplexity_pct": report["delta_perplexity_pct"],
                                                       "top1_agreement": report["top1_agreement"]}
     ref_job = next((j for j in jobs if j["rule"] == "reference"), None)
@@ -294,6 +318,7 @@ def measure_line(repo: Path, work: Path, checkpoint: Path, *, max_tokens: int, c
         "model": STAND_IN_ID, "cores": cores, "max_tokens": max_tokens, "tokens": tokens,
         "text": reference.get("params", {}).get("text"),
         "seconds": round(run["seconds"], 1), "other_cores": run["other_cores"], "jobs": jobs,
-        "reference": {"seconds": ref_job["seconds"] if ref_job else None, "tokens": tokens},
+        "reference": {"seconds": ref_job["seconds"] if ref_job else None, "tokens": tokens,
+                      "scoring_seconds": scoring_seconds(results / "logs" / "reference" / f"{STAND_IN_ID}.log", "reference")},
         "evaluations": evaluations, "disk_bytes": disk_usage(results),
     }

@@ -191,6 +191,17 @@ def test_line_run_reads_job_tables_disk_and_extrapolates(tmp_path: Path) -> None
             "evaluations": {"q4f16_0": {"seconds": 60.0, "tokens": 1000, "delta_perplexity_pct": 1.5, "top1_agreement": 0.9}}}
     ext = report.line_extrapolation(line)
     assert ext["per_quant"]["q4f16_0"]["total_s"] == pytest.approx(1805.0) and ext["all_s"] == pytest.approx(600 + 180.5 * 9)
+    log = tmp_path / "reference.log"
+    log.write_text("2026-12-01 19:14:04,749 INFO hf2mlc.reference_cache: reference: 1000 tokens of t in 3 rows\n"
+                   "2026-12-01 19:14:10,662 INFO hf2mlc.reference: reference: layer 1/30, about 91 s left\n"
+                   "2026-12-01 19:15:30,906 INFO hf2mlc.reference: reference: layer 30/30, about 0 s left\nloaded\n")
+    bar = tmp_path / "evaluate.log"
+    bar.write_text("[hf2mlc] evaluate: host library:  67%|###6   | 2/3 [01:15<00:37, 37.60s/row]\r"
+                   "[hf2mlc] evaluate: host library: 100%|#######| 3/3 [01:37<00:00, 32.26s/row]\n")
+    assert workflow_bench.scoring_seconds(log, "reference") == 86.2
+    assert workflow_bench.scoring_seconds(bar, "evaluate") == 97.0 and workflow_bench.scoring_seconds(log, "evaluate") is None
+    with_scoring = {**line, "evaluations": {"q4f16_0": {**line["evaluations"]["q4f16_0"], "scoring_seconds": 20.0}}}
+    assert report.line_extrapolation(with_scoring)["per_quant"]["q4f16_0"]["evaluate_s"] == pytest.approx(60 + 20 * 9)
     rows = report.goals_11({"scale": "full", "line": line})
     assert rows[-3][3] == "**not met** (extrapolated)" and rows[-2][2].startswith("2.93 GiB (evaluate m/q4f16_0)")
     assert rows[-2][3] == "met" and "30.1 min (extrapolated from 1,000 tokens" in rows[-3][2]
