@@ -321,10 +321,15 @@ def _comparable(path: Path) -> bytes:
 
 @pytest.mark.slow
 def test_rebuild_from_empty_results_is_byte_identical(built: dict) -> None:
+    """Every stage after the download run again from nothing gives the same bytes. The download (the demo's
+    training, a third of the run) is kept: test_demo's test_two_builds_are_byte_identical builds it again."""
     work = built["work"]
     first = work / "results-first"
     if not first.exists():
         shutil.move(work / "results", first)
+        shutil.copytree(first / "download", work / "results" / "download", symlinks=True)
+        jobs = planned_jobs(work, "all")
+        assert jobs and not [job for job in jobs if job.startswith("download[")], jobs
         snakemake(work, "--cores", "2", "all")
     second = work / "results"
     skip = {"logs", "benchmarks"}
@@ -343,19 +348,35 @@ def test_rebuild_from_empty_results_is_byte_identical(built: dict) -> None:
         assert a == b
 
 
+def _copy_of_the_run(built: dict, tmp_path: Path) -> Path:
+    """A fresh workflow copy holding the session run's results and Snakemake metadata (so it is up to date)."""
+    source = built["work"]
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(source / "results", work / "results", symlinks=True)
+    shutil.copytree(source / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+    return work
+
+
 @pytest.mark.slow
 def test_hub_in_and_out_through_the_workflow(built: dict, tmp_path: Path) -> None:
-    """download → … → upload against a local Hub: a pinned, verified download that survives a server
-    error and a dropped connection, then a real upload, tagged with the bundle's version id, that a rerun
-    does not repeat — and the token in no file, log or output."""
+    """download and upload against a local Hub: a pinned, verified download that survives a server error
+    and a dropped connection, then a real upload, tagged with the bundle's version id, that a rerun does
+    not repeat — and the token in no file, log or output.
+
+    The Hub serves the session run's demo download, so the stages between would rebuild, from the same
+    bytes, what that run built: the download is shown byte-identical to it, and the upload sends that
+    run's iPhone bundle."""
     from hub_server import FAKE_TOKEN, FakeHub
 
     demo = built["work"] / "results" / "download" / "demo"
     files = {p.name: p.read_bytes() for p in demo.iterdir() if p.is_file() and p.name not in ("manifest.json", ".snakemake_timestamp")}
-    work = copy_workflow(tmp_path / "wf")
+    work = _copy_of_the_run(built, tmp_path)
+    name = yaml.safe_load((work / "config" / "config.yaml").read_text(encoding="utf-8"))["models"][0]["name"]
 
     def configure(c: dict) -> None:
-        c["models"] = [{"id": "hubdemo", "source": "hf://line-corporation/demo-neox@v1", "name": "hubdemo-neox"}]
+        hub_source = {"id": "hubdemo", "source": "hf://line-corporation/demo-neox@v1", "name": "hubdemo-neox",
+                      "enabled": False}  # downloaded by its path below; not part of `all` or the upload
+        c["models"] = [c["models"][0], hub_source]
         c["upload"] = {"enabled": True, "repo": "tester/{name}-{quantization}-MLC", "private": True, "devices": ["iphone"]}
 
     _edit_config(work, configure)
@@ -366,42 +387,43 @@ def test_hub_in_and_out_through_the_workflow(built: dict, tmp_path: Path) -> Non
         hub.drop_connection(r"/resolve/.*/model\.safetensors", after_bytes=100_000)
         env = {**hub.env(), "HF_TOKEN": FAKE_TOKEN, "HF_HOME": str(tmp_path / "hf-home")}
 
-        first = snakemake(work, "--cores", "2", "upload", env=env)
+        download = snakemake(work, "--cores", "2", "results/download/hubdemo", env=env)
         results = work / "results"
         manifest = read_manifest(results / "download" / "hubdemo")
         assert manifest["source"]["commit"] == commit
-        for name, content in files.items():
-            if name in manifest["files"]:
-                assert (results / "download" / "hubdemo" / name).read_bytes() == content
+        for file_name, content in files.items():
+            if file_name in manifest["files"]:
+                assert (results / "download" / "hubdemo" / file_name).read_bytes() == content
         assert "model.safetensors" in manifest["files"] and "spiece.model" in manifest["files"]
         assert [r.status for r in hub.requests_matching("GET", r"/resolve/.*/config\.json")][:2] == [500, 200]
         # The dropped transfer was fetched again (resumed, or re-fetched when the 500 restarted the snapshot).
         assert len(hub.requests_matching("GET", r"/resolve/.*/model\.safetensors")) >= 2
 
-        package = results / "package" / "hubdemo" / "iphone"
+        first = snakemake(work, "--cores", "2", "upload", env=env)
+        package = results / "package" / "demo" / "iphone"
         version = read_manifest(package)["version_id"]
-        repo_id = "tester/hubdemo-neox-q4f16_0-MLC"
+        repo_id = f"tester/{name}-q4f16_0-MLC"
         assert hub.repos[repo_id].private
         published = hub.files_at(repo_id, version)
-        model_dir = package / "bundle" / "hubdemo-neox-q4f16_0-MLC"
+        model_dir = package / "bundle" / f"{name}-q4f16_0-MLC"
         for path in model_dir.iterdir():
             assert published[path.name] == path.read_bytes(), path.name
         assert published["README.md"] == (package / "README.md").read_bytes()
         for lib in (package / "lib").iterdir():  # libmodel_iphone.a where llvm-ar made one, always the .tar
             assert published[f"lib/{lib.name}"] == lib.read_bytes(), lib.name
-        record = json.loads((results / "upload" / "hubdemo" / "iphone.json").read_text())
+        record = json.loads((results / "upload" / "demo" / "iphone.json").read_text())
         assert record["uploaded"] is True and record["tag"] == version and record["repo_id"] == repo_id
 
         commits_before = len(hub.requests_matching("POST", r"/commit/"))
         second = snakemake(work, "--cores", "2", "upload", "--forcerun", "upload", env=env)
         assert len(hub.requests_matching("POST", r"/commit/")) == commits_before
-        record = json.loads((results / "upload" / "hubdemo" / "iphone.json").read_text())
+        record = json.loads((results / "upload" / "demo" / "iphone.json").read_text())
         assert record["uploaded"] is False
 
     for path in work.rglob("*"):
         if path.is_file():
             assert FAKE_TOKEN.encode() not in path.read_bytes(), path
-    for proc in (first, second):
+    for proc in (download, first, second):
         assert FAKE_TOKEN not in proc.stdout + proc.stderr
 
 
@@ -411,10 +433,7 @@ def test_quality_gate_blocks_a_failing_bundle(built: dict, tmp_path: Path) -> No
     failed verdict (file, manifest, card), and `snakemake upload` then refuses with one line naming it."""
     from huggingface_hub import ModelCard
 
-    source = built["work"]
-    work = copy_workflow(tmp_path / "wf")
-    shutil.copytree(source / "results", work / "results", symlinks=True)
-    shutil.copytree(source / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+    work = _copy_of_the_run(built, tmp_path)
     package = work / "results" / "package" / "demo" / "iphone"
     assert json.loads((package / "quality-gate.json").read_text())["passed"] is True
 

@@ -41,14 +41,19 @@ def snakemake(
         timeout=timeout,
     )
     if check and proc.returncode != 0:
-        logs = "\n".join(
-            f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted((workdir / "results" / "logs").rglob("*.log"))
-        ) if (workdir / "results" / "logs").is_dir() else ""
-        raise AssertionError(
-            f"snakemake {' '.join(args)} failed ({proc.returncode})\nSTDOUT:\n{proc.stdout[-6000:]}\n"
-            f"STDERR:\n{proc.stderr[-8000:]}\nLOGS:\n{logs[-12000:]}"
-        )
+        raise snakemake_failed(workdir, args, proc.returncode, proc.stdout, proc.stderr)
     return proc
+
+
+def snakemake_failed(workdir: Path, args: tuple[str, ...], returncode: int, stdout: str, stderr: str) -> AssertionError:
+    """The error of a failed snakemake run: its output and the failed jobs' logs."""
+    logs = "\n".join(
+        f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted((workdir / "results" / "logs").rglob("*.log"))
+    ) if (workdir / "results" / "logs").is_dir() else ""
+    return AssertionError(
+        f"snakemake {' '.join(args)} failed ({returncode})\nSTDOUT:\n{stdout[-6000:]}\n"
+        f"STDERR:\n{stderr[-8000:]}\nLOGS:\n{logs[-12000:]}"
+    )
 
 
 _RULE = re.compile(r"^(?:local)?rule (?P<rule>[A-Za-z_][A-Za-z0-9_]*):$")
