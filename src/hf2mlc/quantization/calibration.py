@@ -382,9 +382,10 @@ def quantize_planned(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """One calibrated tensor: ``(q_weight, q_scale)`` in the format's layout, and its relative error.
 
-    The error is ``Σ d (w - ŵ)² / Σ d w²`` with ``d`` the mean squared input per channel (uniform for
-    the embedding), ``ŵ`` what the decoder will produce; AWQ's factors cancel out of it, so it reads as
-    the share of the linear's output energy lost (for uncorrelated inputs), comparable across methods.
+    The error is ``Σ d (w - ŵ)² / Σ d w²`` with ``d`` the mean squared input per channel (for the
+    embedding: uniform, or the Fisher's diagonal), ``ŵ`` what the decoder will produce; AWQ's factors
+    cancel out of it, so it reads as the share of the linear's output energy lost (for uncorrelated
+    inputs), comparable across methods.
     """
     weight = np.asarray(weight, np.float32)
     importance = None if plan is None else plan.importance
