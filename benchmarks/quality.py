@@ -193,9 +193,9 @@ def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows:
             engine.reset()
             scores[label].add(lp_ref, _log_softmax(engine.logits_all(inputs)), targets)
         if index == 0 and finish_by is not None:
-            fit = int((finish_by - time.time()) / (time.perf_counter() - start)) + 1
-            if fit < len(windows):
-                windows = [windows[int(i)] for i in np.linspace(0, len(windows) - 1, max(2, fit)).round()]
+            fitted = fit_windows(windows, time.perf_counter() - start, finish_by - time.time())
+            if len(fitted) < len(windows):
+                windows = fitted
                 _progress(f"time left for {len(windows)} windows (evenly spaced) before --finish-by")
         index += 1
         if index % 10 == 0 or index == len(windows):
@@ -207,6 +207,15 @@ def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows:
     reference_ppl = math.exp(ref_nll / tokens)
     return {"reference_perplexity": reference_ppl, "tokens": tokens, "windows": len(windows),
             "builds": {label: score.summary(reference_ppl) for label, score in scores.items()}}
+
+
+def fit_windows(windows: list, seconds_per_window: float, seconds_left: float) -> list:
+    """The windows, evenly spaced over all of them and starting with the first (already scored), that
+    fit in ``seconds_left`` at ``seconds_per_window``; at least two, so that an interval exists."""
+    fit = int(seconds_left / max(seconds_per_window, 1e-9)) + 1
+    if fit >= len(windows):
+        return list(windows)
+    return [windows[int(i)] for i in np.linspace(0, len(windows) - 1, max(2, fit)).round()]
 
 
 def build_check(model_dir: Path, weights: Path, lib: Path, fmt: str, ids: list[int]) -> float:
