@@ -273,7 +273,7 @@ def goals(rows: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str, s
         (method, _), v = q4
         kl_ratio, ppl_ratio = v["kl_mean"] / rtn["kl_mean"], v["delta_ppl_pct"] / rtn["delta_ppl_pct"]
         out.append((f"best calibrated q4f16_0 ({method}) ≤ ½ RTN q4f16_0: mean KL", "≤ 50 %",
-                    f"{kl_ratio:.0%} ({v['kl_mean']:.4f} vs {rtn['kl_mean']:.4f})", "met" if kl_ratio <= 0.5 else "not met"))
+                    f"{kl_ratio:.0%} ({v['kl_mean']:.5f} vs {rtn['kl_mean']:.5f})", "met" if kl_ratio <= 0.5 else "not met"))
         noise = (f"; RTN's own interval [{rtn['delta_ppl_pct_ci95'][0]:+.2f}, {rtn['delta_ppl_pct_ci95'][1]:+.2f}] % "
                  "includes 0, so this is within noise" if rtn.get("delta_ppl_pct_ci95", [1])[0] <= 0 else "")
         out.append((f"best calibrated q4f16_0 ({method}) ≤ ½ RTN q4f16_0: Δ perplexity", "≤ 50 %",
@@ -288,7 +288,7 @@ def goals(rows: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str, s
         ok = v["kl_mean"] <= rtn["kl_mean"] and v["delta_ppl_pct"] <= rtn["delta_ppl_pct"]
         out.append((f"best calibrated 3-bit ({method} {fmt}) no worse than RTN q4f16_0",
                     "mean KL and Δ perplexity ≤ RTN q4f16_0's",
-                    f"KL {v['kl_mean']:.4f} vs {rtn['kl_mean']:.4f}; Δ {v['delta_ppl_pct']:+.2f} % vs {rtn['delta_ppl_pct']:+.2f} %",
+                    f"KL {v['kl_mean']:.5f} vs {rtn['kl_mean']:.5f}; Δ {v['delta_ppl_pct']:+.2f} % vs {rtn['delta_ppl_pct']:+.2f} %",
                     "met" if ok else "not met"))
     checked = [(k, v) for k, v in rows.items() if calibrated(k[0])]
     if not checked:
@@ -318,7 +318,7 @@ def render(results: dict[str, Any]) -> str:
     for r in results["rows"]:
         low, high = r["delta_ppl_pct_ci95"]
         table.append([f"`{r['method']}`", f"`{r['format']}`", f"{r['perplexity']:.3f}",
-                      f"{r['delta_ppl_pct']:+.2f} % [{low:+.2f}, {high:+.2f}]", f"{r['kl_mean']:.4f}",
+                      f"{r['delta_ppl_pct']:+.2f} % [{low:+.2f}, {high:+.2f}]", f"{r['kl_mean']:.5f}",
                       f"{r['kl_p99']:.3f}", f"{r['top1']:.2%}", f"{r['bits_per_param']:.3f}", f"{r['convert_seconds']:.1f} s",
                       f"{r['check_max_rel_error']:.1e}"])
     stand_in = results.get("stand_in")
