@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.synthetic import SCALES, ensure_checkpoint  # noqa: E402
 from hf2mlc.convert import peak_rss_mb  # noqa: E402
-from hf2mlc.loader.huggingface import HuggingFaceWeights, SourceReader  # noqa: E402
+from hf2mlc.model.gpt_neox.loader import GPTNeoXCheckpoint, SourceReader  # noqa: E402
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig  # noqa: E402
 from hf2mlc.quantization import METHODS, get_quantization  # noqa: E402
 from hf2mlc.quantization.calibration import (  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
         "forward_layer_s": round(forward_layer, 2), "forward_layer_cpu_s": round(forward_layer_cpu, 2), "methods": {},
     }
     print(json.dumps(result), flush=True)
-    with HuggingFaceWeights(model_dir) as weights:
+    with GPTNeoXCheckpoint(model_dir) as weights:
         reader = SourceReader(weights, config)
         embed = reader.read("gpt_neox.embed_in.weight").astype(np.float32)
         for method in methods:

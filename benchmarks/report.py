@@ -300,6 +300,120 @@ def _anchor(results: dict[str, Any]) -> str:
     )
 
 
+LINE_HEADING = "## LINE-scale workflow run (issue 11)"
+GOALS_11_HEADING = "## Goals (issue 11)"
+#: Issue 11's goals for the 3.6B stand-in's workflow run.
+EVAL_TOKENS_GOAL, EVAL_MINUTES_GOAL, JOB_RSS_GOAL_GIB, ALL_MINUTES_GOAL = 10_000, 10, 8, 20
+
+
+def _scaled(job: dict[str, Any], factor: float) -> float:
+    """A job's wall time with its token-proportional part (``scoring_seconds``) scaled by ``factor``;
+    the whole job scaled (an upper bound) when its log did not say how long scoring took."""
+    scoring = job.get("scoring_seconds")
+    return job["seconds"] + (scoring if scoring is not None else job["seconds"]) * (factor - 1)
+
+
+def line_extrapolation(line: dict[str, Any]) -> dict[str, Any]:
+    """What the run's per-token rates imply for the workflow's default 10,000-token evaluation: the
+    scoring part of the reference and of each evaluation scaled by 10,000 / tokens scored, the rest of
+    those jobs (loading, writing, the evaluation's greedy answers) and every other job as measured."""
+    tokens = line.get("tokens") or 0
+    factor = EVAL_TOKENS_GOAL / tokens if tokens else None
+    ref = line["reference"]
+    out: dict[str, Any] = {"factor": factor, "per_quant": {}}
+    if not factor or ref["seconds"] is None:
+        return out
+    ref_s = _scaled(ref, factor)
+    for quant, ev in line["evaluations"].items():
+        out["per_quant"][quant] = {"reference_s": ref_s, "evaluate_s": _scaled(ev, factor),
+                                   "total_s": ref_s + _scaled(ev, factor)}
+    grows = ref_s - ref["seconds"] + sum(_scaled(ev, factor) - ev["seconds"] for ev in line["evaluations"].values())
+    out["all_s"] = line["seconds"] + grows
+    return out
+
+
+def goals_11(results: dict[str, Any]) -> list[list[str]]:
+    """Issue 11's goals: the anchor's ratios and the LINE-scale run, met or not as measured."""
+    rows: list[list[str]] = []
+    full = results["scale"] == "full"
+    verdict = lambda ok, note="": (("met" if ok else "**not met**") if full else f"n/a at {results['scale']} scale") + note  # noqa: E731
+    a = results.get("anchor")
+    if a:
+        r = a["ratios"]
+        rows += [
+            ["host q4f16_0 prefill vs llama.cpp Q4_0 (same checkpoint, 2 threads)", "≥ 1.0×", f"{r['prefill']:.2f}×", verdict(r["prefill"] >= 1)],
+            ["host q4f16_0 decode vs llama.cpp Q4_0", "≥ 1.0×", f"{r['decode']:.2f}×", verdict(r["decode"] >= 1)],
+            ["q4f16_0 conversion time vs llama.cpp's Q4_0 quantize", "≤ 1.0×", f"{r['convert_time']:.2f}×", verdict(r["convert_time"] <= 1)],
+        ]
+    else:
+        rows += [["side by side with llama.cpp", "", "not measured", "–"]]
+    line = results.get("line")
+    if line:
+        ext = line_extrapolation(line)
+        for quant, e in ext["per_quant"].items():
+            rows.append([f"reference + evaluation of {EVAL_TOKENS_GOAL:,} tokens, `{quant}`", f"≤ {EVAL_MINUTES_GOAL} min",
+                         f"{e['total_s'] / 60:.1f} min (extrapolated from {line['tokens']:,} tokens: "
+                         f"{e['reference_s'] / 60:.1f} + {e['evaluate_s'] / 60:.1f} min)",
+                         verdict(e["total_s"] <= EVAL_MINUTES_GOAL * 60, " (extrapolated)")])
+        top = max((j for j in line["jobs"] if j["max_rss_mb"] is not None), key=lambda j: j["max_rss_mb"], default=None)
+        if top:
+            rows.append([f"largest peak RSS of a job of `snakemake all`", f"≤ {JOB_RSS_GOAL_GIB} GiB",
+                         f"{top['max_rss_mb'] / 1024:.2f} GiB ({top['rule']} {top['job']})",
+                         verdict(top["max_rss_mb"] <= JOB_RSS_GOAL_GIB * 1024)])
+        if "all_s" in ext:
+            rows.append([f"whole `snakemake --cores {line['cores']} all`, default evaluation ({EVAL_TOKENS_GOAL:,} tokens)",
+                         f"≤ {ALL_MINUTES_GOAL} min", f"{ext['all_s'] / 60:.1f} min (extrapolated; measured "
+                         f"{line['seconds'] / 60:.1f} min with {line['tokens']:,} tokens)",
+                         verdict(ext["all_s"] <= ALL_MINUTES_GOAL * 60, " (extrapolated)")])
+    else:
+        rows.append(["LINE-scale workflow run", "", "not measured", "–"])
+    return rows
+
+
+def _line(results: dict[str, Any]) -> str:
+    line = results.get("line")
+    if not line:
+        return "Not run."
+    rows = []
+    for j in line["jobs"]:
+        rss = "–" if j["max_rss_mb"] is None else f"{j['max_rss_mb']:,.0f} MB ({j['max_rss_mb'] / 1024:.2f} GiB)"
+        cores = f"{j['cpu_seconds'] / j['seconds']:.2f}" if j.get("cpu_seconds") and j["seconds"] > 0 else "–"
+        rows.append([f"{j['rule']} {j['job']}", _s(j["seconds"]), rss, cores])
+    top = max((j["max_rss_mb"] for j in line["jobs"] if j["max_rss_mb"] is not None), default=None)
+    rows.append([f"**whole `snakemake --cores {line['cores']} all`**", f"**{_s(line['seconds'])}** ({line['seconds'] / 60:.1f} min)",
+                 f"{top:,.0f} MB (largest job)" if top is not None else "–", ""])
+    table = _table(["job", "wall", "peak RSS (max_rss)", "cores busy"], rows)
+    disk = line["disk_bytes"]
+    parts = ", ".join(f"{name} {_gb(size)}" for name, size in sorted(disk.items(), key=lambda kv: -kv[1]) if name != "total")
+    ext = line_extrapolation(line)
+    def rate(job: dict[str, Any]) -> str:
+        scoring = job.get("scoring_seconds")
+        if scoring:
+            return (f"{line['tokens'] / scoring:.2f} tok/s while scoring ({_s(scoring)} of its {_s(job['seconds'])}; the "
+                    "rest loading, writing" + (" and the greedy answers)" if "delta_perplexity_pct" in job else ")"))
+        return f"{line['tokens'] / job['seconds']:.2f} tok/s over the whole job ({_s(job['seconds'])})"
+
+    rates = [f"reference {rate(line['reference'])}"] if line["reference"]["seconds"] else []
+    rates += [f"evaluate `{q}` {rate(ev)}, Δ perplexity {ev['delta_perplexity_pct']:+.2f} %, top-1 "
+              f"{ev['top1_agreement']:.3f}" for q, ev in line["evaluations"].items()]
+    per_quant = "; ".join(f"`{q}` {e['reference_s'] / 60:.1f} min reference + {e['evaluate_s'] / 60:.1f} min evaluation"
+                          for q, e in ext["per_quant"].items())
+    return table + (
+        f"\n\n**Disk** under results/: {_gb(disk['total'])} in all ({parts}; one `du`, so a hard-linked file — the "
+        "bundle store under results/versions links the packaged files — counts once, in the folder du met first)."
+        f"\n\nThe checkpoint as a user's local model (`source:` a directory holding its safetensors, LINE's "
+        "`tokenizer_config.json`/`special_tokens_map.json` and, for `spiece.model`, llm-jp's SentencePiece v2.2 from "
+        "shared/data: the closest public relative of LINE's tokenizer), the repository's config.yaml otherwise, in a "
+        f"scratch copy of the workflow started from empty results; other work on the machine: {_others(line)} cores. "
+        f"Per job: the `s` and `max_rss` columns of its rule's `benchmark:` TSV (max_rss in MB as Snakemake writes it). "
+        f"**Evaluation length:** `evaluation.max_tokens: {line['max_tokens']}` of `{line['text']}` "
+        f"({line['tokens']:,} tokens scored) instead of the default {EVAL_TOKENS_GOAL:,}, which does not fit a benchmark "
+        f"run. Measured rates: {'; '.join(rates)}. **Extrapolated, not measured**, to {EVAL_TOKENS_GOAL:,} tokens "
+        f"(the scoring part of those jobs ×{ext['factor']:.1f}, the rest as measured; rows are the text's documents, so "
+        f"more tokens are more rows of the same lengths): {per_quant}."
+    )
+
+
 def splice_section(previous: str, heading: str, body: str) -> str:
     """``previous`` with the section under ``heading`` replaced by ``body`` (or added before the
     workflow section): a run of one section updates its part of RESULTS.md and keeps the rest."""
@@ -335,10 +449,32 @@ def _workflow(results: dict[str, Any]) -> str:
     )
 
 
+NOTES_HEADING = "## Notes on the goals (written by hand, kept across runs)"
+
+
+def _kept_notes(previous: str | None) -> list[str]:
+    """The hand-written notes section of ``previous`` (what an unmet goal would take), which a new run
+    keeps: the numbers are the harness's, the reasons are people's."""
+    if not previous or NOTES_HEADING + "\n" not in previous:
+        return []
+    start = previous.index(NOTES_HEADING + "\n") + len(NOTES_HEADING)
+    end = previous.find("\n## ", start)
+    return [NOTES_HEADING, previous[start: end if end >= 0 else len(previous)].strip()]
+
+
+def _goals_11_text(results: dict[str, Any]) -> str:
+    return _table(["goal", "target", "measured", "status"], goals_11(results))
+
+
 def render(results: dict[str, Any], previous: str | None = None) -> str:
-    """The whole report; a run of only the anchor section updates that section of ``previous``."""
-    if previous and set(results["sections"]) <= {"checkpoint", "anchor"} and "anchor" in results["sections"]:
-        return splice_section(previous, ANCHOR_HEADING, _anchor(results))
+    """The whole report; a run of only the anchor and/or line sections updates those sections (and the
+    issue-11 goals, from this run's numbers alone) of ``previous``."""
+    spliced = {"anchor": (ANCHOR_HEADING, _anchor), "line": (LINE_HEADING, _line)}
+    if previous and set(results["sections"]) <= {"checkpoint", *spliced} and set(results["sections"]) & set(spliced):
+        for name, (heading, part) in spliced.items():
+            if name in results["sections"]:
+                previous = splice_section(previous, heading, part(results))
+        return splice_section(previous, GOALS_11_HEADING, _goals_11_text(results))
     scale = results["scale"]
     s = results["shape"]
     title = ("LINE-shaped 3.6B checkpoint" if scale == "full"
@@ -352,12 +488,15 @@ def render(results: dict[str, Any], previous: str | None = None) -> str:
         "## Goals (issue 6)",
         _table(["goal", "target", "measured", "status"], [list(r) for r in goals(results)])
         + ("" if scale == "full" else "\n\nThe goals are for the full 3.6B model; at this scale the numbers are only indicative."),
+        GOALS_11_HEADING, _goals_11_text(results),
         "## Synthetic checkpoint", _checkpoint(results),
         "## Weight conversion", _convert(results),
         "## Compile", _compile(results),
         "## Host prefill and decode", _host(results),
         ANCHOR_HEADING, _anchor(results),
         "## Workflow reruns", _workflow(results),
+        LINE_HEADING, _line(results),
+        *_kept_notes(previous),
     ]
     if results.get("errors"):
         parts += ["## Errors"] + [f"**{k}**:\n\n```\n{v.strip()[-1500:]}\n```" for k, v in results["errors"].items()]

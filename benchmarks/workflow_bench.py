@@ -9,10 +9,13 @@ sees, not a rebuild.  Jobs are read from Snakemake's own log, so the report name
 from __future__ import annotations
 
 import filecmp
+import json
+import os
 import re
 import resource
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -148,4 +151,174 @@ def measure(
                                   "jobs": changed["jobs"], "other_cores": changed["other_cores"]},
         "restore": {"seconds": round(restored["seconds"], 1), "jobs": restored["jobs"], "other_cores": restored["other_cores"]},
         "up_to_date_at_end": final["nothing_to_do"],
+    }
+
+
+# ----------------------------------------------------------------------------- the LINE-scale run (issue 11)
+
+#: The LINE stand-in's tokenizer: llm-jp's SentencePiece v2.2 (unigram, byte fallback, 48,586 pieces;
+#: ids 0-2 <unk> <s> </s> as LINE's), the closest public relative of LINE's spiece.model, from
+#: ../shared/data beside the checkout (HF2MLC_SHARED_DATA points elsewhere); never copied into the project.
+STAND_IN_TOKENIZER = ("tokenizers", "code10K_en20K_ja30K.ver2.2.model")
+STAND_IN_ID = "line-3.6b-synthetic"
+
+
+def shared_data(repo: Path) -> Path:
+    """Where the real files nobody here wrote are kept (the tests' rule: ../shared/data beside the checkout)."""
+    env = os.environ.get("HF2MLC_SHARED_DATA")
+    if env:
+        return Path(env)
+    for parent in repo.resolve().parents:  # a worktree may sit one level deeper than the checkout
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return repo.parent / "shared" / "data"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def pad_sentencepiece(data: bytes, vocab_size: int) -> bytes:
+    """``data`` (a serialized SentencePiece ModelProto) with placeholder pieces appended up to
+    ``vocab_size``: the random stand-in emits any id below its vocab (51,200 as LINE's), and every id must
+    decode.  Appending works because protobuf concatenates a repeated field (``pieces``, field 1) in order;
+    each piece is USER_DEFINED (type 4) with a surface no text contains, so encoding is unchanged."""
+    from hf2mlc.tokenizer.proto import parse_sentencepiece
+
+    have = len(parse_sentencepiece(data).pieces)
+    if have > vocab_size:
+        raise RuntimeError(f"the tokenizer has {have} pieces, more than the model's vocab of {vocab_size}")
+    extra = bytearray()
+    for i in range(have, vocab_size):
+        surface = f"<stand-in-{i}>".encode()
+        piece = b"\x0a" + _varint(len(surface)) + surface + b"\x15" + struct.pack("<f", 0.0) + b"\x18\x04"
+        extra += b"\x0a" + _varint(len(piece)) + piece
+    return data + bytes(extra)
+
+
+def stand_in_source(checkpoint: Path, tokenizer: Path, dest: Path) -> Path:
+    """A local model source as LINE's Hub repo lays it out: the synthetic checkpoint's files (hard links:
+    the download stage copies them into results/ as it would a user's directory), ``spiece.model`` (the
+    given SentencePiece model padded to the checkpoint's vocab) and LINE's tokenizer_config /
+    special_tokens_map (hf2mlc.demo writes them as LINE's)."""
+    from hf2mlc import demo
+
+    if not tokenizer.is_file():
+        raise RuntimeError(f"no {tokenizer}: the stand-in's tokenizer comes from shared/data (set HF2MLC_SHARED_DATA)")
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    for path in sorted(checkpoint.iterdir()):
+        if path.is_file():
+            os.link(path, dest / path.name)
+    vocab = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+    (dest / "spiece.model").write_bytes(pad_sentencepiece(tokenizer.read_bytes(), vocab))
+    (dest / "tokenizer_config.json").write_text(json.dumps(demo.tokenizer_config(), indent=1), encoding="utf-8")
+    (dest / "special_tokens_map.json").write_text(json.dumps(demo.special_tokens_map(), indent=1), encoding="utf-8")
+    return dest
+
+
+def stand_in_config(repo: Path, source: Path, *, max_tokens: int) -> dict[str, Any]:
+    """The repository's config with the stand-in as its only model, LINE's family and an evaluation of
+    ``max_tokens`` tokens of the default text (the default 10,000 does not fit a benchmark run)."""
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text(encoding="utf-8"))
+    config["models"] = [{"id": STAND_IN_ID, "source": str(source), "name": "line-3.6b-synthetic", "family": "line",
+                         "evaluation": {"max_tokens": max_tokens}}]
+    return config
+
+
+def benchmark_tables(results: Path) -> list[dict[str, Any]]:
+    """Every job's row of its rule's ``benchmark:`` TSV (results/benchmarks/<rule>/<wildcards>.tsv):
+    wall seconds and Snakemake's max_rss (MB), in the order the jobs finished."""
+    rows = []
+    for path in sorted((results / "benchmarks").rglob("*.tsv"), key=lambda p: p.stat().st_mtime):
+        lines = path.read_text(encoding="utf-8").strip().splitlines()
+        if len(lines) < 2:
+            continue
+        values = dict(zip(lines[0].split("\t"), lines[-1].split("\t")))
+        rel = path.relative_to(results / "benchmarks").with_suffix("")
+        rss = values.get("max_rss", "NA")
+        rows.append({"rule": rel.parts[0], "job": "/".join(rel.parts[1:]), "seconds": float(values["s"]),
+                     "max_rss_mb": None if rss in ("NA", "-", "") else float(rss),
+                     "cpu_seconds": float(values["cpu_time"]) if values.get("cpu_time", "NA") not in ("NA", "-") else None})
+    return rows
+
+
+def disk_usage(results: Path) -> dict[str, int]:
+    """Bytes under results/ and under each of its top-level folders, from one ``du`` (a hard-linked
+    file counts once, in the folder du reaches first), so the parts add up to the total."""
+    proc = subprocess.run(["du", "-b", "--max-depth=1", str(results)], capture_output=True, text=True, check=True)
+    out = {}
+    for line in proc.stdout.splitlines():
+        size, path = line.split("\t", 1)
+        out["total" if Path(path) == results else Path(path).name] = int(size)
+    return out
+
+
+_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+_SCORED = re.compile(r"host library: 100%\|[^|]*\| (\d+)/\1 \[(?:(\d+):)?(\d+):(\d+)")
+
+
+def scoring_seconds(log: Path, rule: str) -> float | None:
+    """Seconds a job spent on the evaluation tokens themselves, from its log: the reference from its
+    first line ("reference: N tokens of …") to its last layer; an evaluation from the elapsed time of its
+    finished progress bar over the rows.  The rest of each job (loading, writing, the evaluation's greedy
+    answers) does not grow with the tokens scored.  None when the log does not say."""
+    if not log.is_file():
+        return None
+    text = log.read_text(encoding="utf-8", errors="replace").replace("\r", "\n")
+    if rule == "reference":
+        stamps = [time.mktime(time.strptime(m[1][:19], "%Y-%m-%d %H:%M:%S")) + int(m[1][20:]) / 1000
+                  for line in text.splitlines() if (m := _STAMP.match(line)) and "reference:" in line]
+        return round(stamps[-1] - stamps[0], 1) if len(stamps) > 1 else None
+    bars = _SCORED.findall(text)
+    if not bars:
+        return None
+    _, hours, minutes, seconds = bars[-1]
+    return float(int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
+
+
+def _manifest(path: Path) -> dict[str, Any]:
+    file = path / "manifest.json"
+    return json.loads(file.read_text(encoding="utf-8")) if file.is_file() else {}
+
+
+def measure_line(repo: Path, work: Path, checkpoint: Path, *, max_tokens: int, cores: int = 2,
+                 logs: Path | None = None, timeout: float = 7200) -> dict[str, Any]:
+    """``snakemake --cores N all`` from empty results on the stand-in as a local source: per-job wall and
+    max RSS, total wall, disk used, and the reference's and evaluations' per-token rates."""
+    sync_workflow(repo, work)
+    for name in ("results", ".snakemake"):
+        shutil.rmtree(work / name, ignore_errors=True)
+    source = stand_in_source(checkpoint, shared_data(repo).joinpath(*STAND_IN_TOKENIZER), work / "model")
+    (work / "config" / "config.yaml").write_text(
+        yaml.safe_dump(stand_in_config(repo, source, max_tokens=max_tokens), allow_unicode=True, sort_keys=False),
+        encoding="utf-8")
+    os.sync()
+    run = snakemake(work, "--cores", str(cores), "all", log=logs / "line-workflow.log" if logs else None, timeout=timeout)
+    results = work / "results"
+    jobs = benchmark_tables(results)
+    _check(run, "all on the LINE stand-in")
+    reference = _manifest(results / "reference" / STAND_IN_ID)
+    tokens = reference.get("text", {}).get("tokens")
+    evaluations = {}
+    for job in jobs:
+        if job["rule"] == "evaluate":
+            report = json.loads((results / "evaluate" / job["job"] / "report.json").read_text(encoding="utf-8"))
+            evaluations[job["job"].split("/")[-1]] = {"seconds": job["seconds"], "tokens": report["text"]["tokens"],
+                                                      "scoring_seconds": scoring_seconds(results / "logs" / "evaluate" / f"{job['job']}.log", "evaluate"),
+                                                      "delta_perplexity_pct": report["delta_perplexity_pct"],
+                                                      "top1_agreement": report["top1_agreement"]}
+    ref_job = next((j for j in jobs if j["rule"] == "reference"), None)
+    return {
+        "model": STAND_IN_ID, "cores": cores, "max_tokens": max_tokens, "tokens": tokens,
+        "text": reference.get("params", {}).get("text"),
+        "seconds": round(run["seconds"], 1), "other_cores": run["other_cores"], "jobs": jobs,
+        "reference": {"seconds": ref_job["seconds"] if ref_job else None, "tokens": tokens,
+                      "scoring_seconds": scoring_seconds(results / "logs" / "reference" / f"{STAND_IN_ID}.log", "reference")},
+        "evaluations": evaluations, "disk_bytes": disk_usage(results),
     }

@@ -151,6 +151,8 @@ def test_a_one_section_run_replaces_only_its_section_of_the_report() -> None:
     replaced = report.splice_section(added, "## Anchor", "second")
     assert replaced == added.replace("first", "second")
     assert report.splice_section("# R\n", "## Anchor", "x") == "# R\n## Anchor\n\nx\n\n"
+    notes = f"{added}\n{report.NOTES_HEADING}\n\nwhy not\n\n## Errors\n\nx\n"
+    assert report._kept_notes(notes) == [report.NOTES_HEADING, "why not"] and report._kept_notes(added) == []
 
 
 def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:
@@ -164,6 +166,67 @@ def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:
     assert workflow_bench.sync_workflow(REPO, dest) == 1
     assert not stale.exists() and (dest / "Snakefile").read_bytes() == (REPO / "Snakefile").read_bytes()
     assert not list(dest.rglob("__pycache__"))
+
+
+def test_line_run_reads_job_tables_disk_and_extrapolates(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    header = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+    for rel, row in (("reference/m.tsv", "120.50\t0:02:00\t2048.5\t1\t1\t1\t0\t0\t90\t230.1\n"),
+                     ("evaluate/m/q4f16_0.tsv", "60.00\t0:01:00\t3000.0\t1\t1\t1\t0\t0\t90\t100.0\n"),
+                     ("tokenizer/m.tsv", "1.00\t0:00:01\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")):
+        (results / "benchmarks" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / rel).write_text(header + row)
+    (results / "weights").mkdir()
+    (results / "weights" / "w.bin").write_bytes(b"x" * 1_000_000)
+    (results / "versions").mkdir()
+    (results / "versions" / "w.bin").hardlink_to(results / "weights" / "w.bin")
+    jobs = {(j["rule"], j["job"]): j for j in workflow_bench.benchmark_tables(results)}
+    assert jobs[("evaluate", "m/q4f16_0")]["seconds"] == 60.0 and jobs[("reference", "m")]["max_rss_mb"] == 2048.5
+    assert jobs[("tokenizer", "m")]["max_rss_mb"] is None and jobs[("reference", "m")]["cpu_seconds"] == 230.1
+    disk = workflow_bench.disk_usage(results)
+    assert disk["weights"] + disk["versions"] < 1_100_000  # the hard-linked file counts once
+    assert disk["total"] >= sum(v for k, v in disk.items() if k != "total")
+    line = {"cores": 2, "max_tokens": 1000, "tokens": 1000, "text": "eval_ja_long", "seconds": 600.0, "other_cores": 0.1,
+            "jobs": list(jobs.values()), "reference": {"seconds": 120.5, "tokens": 1000}, "disk_bytes": disk,
+            "evaluations": {"q4f16_0": {"seconds": 60.0, "tokens": 1000, "delta_perplexity_pct": 1.5, "top1_agreement": 0.9}}}
+    ext = report.line_extrapolation(line)
+    assert ext["per_quant"]["q4f16_0"]["total_s"] == pytest.approx(1805.0) and ext["all_s"] == pytest.approx(600 + 180.5 * 9)
+    log = tmp_path / "reference.log"
+    log.write_text("2026-12-01 19:14:04,749 INFO hf2mlc.reference_cache: reference: 1000 tokens of t in 3 rows\n"
+                   "2026-12-01 19:14:10,662 INFO hf2mlc.reference: reference: layer 1/30, about 91 s left\n"
+                   "2026-12-01 19:15:30,906 INFO hf2mlc.reference: reference: layer 30/30, about 0 s left\nloaded\n")
+    bar = tmp_path / "evaluate.log"
+    bar.write_text("[hf2mlc] evaluate: host library:  67%|###6   | 2/3 [01:15<00:37, 37.60s/row]\r"
+                   "[hf2mlc] evaluate: host library: 100%|#######| 3/3 [01:37<00:00, 32.26s/row]\n")
+    assert workflow_bench.scoring_seconds(log, "reference") == 86.2
+    assert workflow_bench.scoring_seconds(bar, "evaluate") == 97.0 and workflow_bench.scoring_seconds(log, "evaluate") is None
+    with_scoring = {**line, "evaluations": {"q4f16_0": {**line["evaluations"]["q4f16_0"], "scoring_seconds": 20.0}}}
+    assert report.line_extrapolation(with_scoring)["per_quant"]["q4f16_0"]["evaluate_s"] == pytest.approx(60 + 20 * 9)
+    rows = report.goals_11({"scale": "full", "line": line})
+    assert rows[-3][3] == "**not met** (extrapolated)" and rows[-2][2].startswith("2.93 GiB (evaluate m/q4f16_0)")
+    assert rows[-2][3] == "met" and "30.1 min (extrapolated from 1,000 tokens" in rows[-3][2]
+
+
+def test_stand_in_tokenizer_is_padded_to_the_vocab_without_changing_encoding() -> None:
+    import sentencepiece
+
+    from shared_data import shared_file
+
+    data = shared_file(*workflow_bench.STAND_IN_TOKENIZER).read_bytes()
+    original = sentencepiece.SentencePieceProcessor(model_proto=data)
+    padded = sentencepiece.SentencePieceProcessor(model_proto=workflow_bench.pad_sentencepiece(data, 51200))
+    text = (REPO / "src" / "hf2mlc" / "data" / "eval_ja_long.txt").read_text(encoding="utf-8")[:3000]
+    assert original.vocab_size() == 48586 and padded.vocab_size() == 51200
+    assert padded.encode(text) == original.encode(text)
+    assert padded.decode([51199]) == "<stand-in-51199>" and padded.id_to_piece(100) == original.id_to_piece(100)
+
+
+def test_line_run_config_passes_the_schema(tmp_path: Path) -> None:
+    from snakemake.utils import validate
+
+    config = workflow_bench.stand_in_config(REPO, tmp_path, max_tokens=1000)
+    validate(config, schema=str(REPO / "config" / "schema.yaml"))
+    assert [m["evaluation"]["max_tokens"] for m in config["models"]] == [1000]
 
 
 # ----------------------------------------------------------------------------- the harness itself

@@ -6,12 +6,16 @@ reruns exactly the rules that import it — is in tests/test_workflow.py; these 
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from hf2mlc.closure import PACKAGE_DIR, rule_files
+from workflow_helpers import copy_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = {
@@ -23,7 +27,7 @@ RULES = {
 
 def _names(stage: str) -> set[str]:
     files = rule_files(stage, REPO)
-    return {p.relative_to(PACKAGE_DIR).as_posix() if p.is_relative_to(PACKAGE_DIR) else f"scripts/{p.name}" for p in files}
+    return {(p.relative_to(PACKAGE_DIR) if p.is_relative_to(PACKAGE_DIR) else p.relative_to(REPO)).as_posix() for p in files}
 
 
 def test_every_rule_digests_its_own_stage() -> None:
@@ -47,7 +51,7 @@ def test_every_rule_covers_its_script_the_adapter_and_the_stage_module(stage: st
 def test_lazy_imports_inside_functions_are_followed() -> None:
     # check_host_build imports the streaming reference inside its body, whose cache source imports the packers.
     assert {"check.py", "reference.py", "quantization/group.py", "loader/huggingface.py", "tensor_cache.py",
-            "runtime.py"} <= _names("check")
+            "runtime.py", "model/gpt_neox/loader.py"} <= _names("check")
     assert "reference_cache.py" in _names("evaluate")  # the stored reference, imported inside evaluate_build
     assert {"reference.py", "reference_cache.py", "evaluation_text.py", "loader/huggingface.py"} <= _names("reference")
 
@@ -73,3 +77,26 @@ def test_package_data_a_module_names_is_covered() -> None:
 def test_unknown_stage_is_refused() -> None:
     with pytest.raises(ValueError, match="no stage function 'build'"):
         rule_files("build", REPO)
+
+
+def test_rules_that_read_a_family_cover_its_schema_and_rerun_when_it_changes(tmp_path: Path) -> None:
+    readers = {"patch", "reference_answers"}  # the stages that call families.load_family
+    stages = sorted(set(RULES.values()))
+    assert {s for s in stages if "config/family.schema.yaml" in _names(s)} == readers
+    assert not any("config/schema.yaml" in _names(s) for s in stages)  # Snakemake checks the config at DAG time
+
+    # An edit of the schema in a copy of the workflow changes exactly the readers' digests.
+    work = copy_workflow(tmp_path / "wf")
+    digests = (
+        f"import json, sys; sys.path.insert(0, {str(work / 'src')!r}); from hf2mlc.closure import code_digest; "
+        f"print(json.dumps({{s: code_digest(s, {str(work)!r}) for s in {stages!r}}}))"
+    )
+
+    def run() -> dict[str, str]:
+        return json.loads(subprocess.run([sys.executable, "-c", digests], check=True, capture_output=True, text=True).stdout)
+
+    before = run()
+    schema = work / "config" / "family.schema.yaml"
+    schema.write_text(schema.read_text(encoding="utf-8").replace("minLength: 1}", "minLength: 2}", 1), encoding="utf-8")
+    after = run()
+    assert {s for s in stages if before[s] != after[s]} == readers

@@ -18,6 +18,7 @@ import yaml
 
 from hf2mlc import families as fam
 from hf2mlc.errors import UserError
+from hf2mlc.schemas import load_schema
 from shared_data import shared_file
 from tiny_tokenizers import byte_level_bpe
 
@@ -288,12 +289,27 @@ def test_validation_needs_a_tokenizer(tmp_path: Path) -> None:
         fam.validate_family(fam.load_family(FAMILIES / "line.yaml"), tmp_path / "model")
 
 
+def test_schema_allows_exactly_the_ffn_out_dtypes_of_the_spec() -> None:
+    from hf2mlc.spec import FFN_OUT_DTYPES
+
+    overrides = load_schema("family.schema.yaml")["properties"]["overrides"]["properties"]
+    assert list(overrides) == ["ffn_out_dtype"] and overrides["ffn_out_dtype"]["enum"] == list(FFN_OUT_DTYPES)
+
+
+def test_family_and_config_schemas_are_draft_2020_12_side_by_side() -> None:
+    """One schema language for both: what Snakemake's validate() applies to the config (Draft 2020-12)."""
+    for name in ("schema.yaml", "family.schema.yaml"):
+        assert load_schema(name)["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+        assert (FAMILIES.parent / name).is_file()
+    assert not (FAMILIES / "schema.yaml").exists()  # every YAML file in families/ is a family
+
+
 def test_shipped_families_load_and_readme_names_every_key() -> None:
     readme = (FAMILIES / "README.md").read_text(encoding="utf-8")
     for path in sorted(FAMILIES.glob("*.yaml")):
         fam.load_family(path)
-    keys = set(fam.SCHEMA["properties"]) | set(fam.SCHEMA["properties"]["template"]["properties"])
-    keys |= set(fam.SCHEMA["properties"]["expect"]["properties"]) | set(fam.GENERATION_KEYS) | set(fam.OVERRIDES)
+    schema = load_schema("family.schema.yaml")["properties"]
+    keys = set(schema) | {key for block in schema.values() for key in block.get("properties", ())}
     missing = [key for key in sorted(keys) if f"`{key}`" not in readme and f"`{key}." not in readme]
     assert missing == []
 

@@ -726,6 +726,7 @@ def test_the_token_never_leaks(hub, tmp_path, monkeypatch, capfd, caplog):
 def test_credentials_in_hf_endpoint_are_redacted_and_the_error_does_not_blame_the_token(hub, tmp_path, monkeypatch,
                                                                                         capfd, caplog):
     caplog.set_level(logging.DEBUG)
+    factory = logging.getLogRecordFactory()
     hub.add_repo(REPO, model_files())
     password = "pw-" + "x7Qz9" * 3
     monkeypatch.setenv("HF_ENDPOINT", hub.url.replace("http://", f"http://alice:{password}@"))
@@ -742,3 +743,24 @@ def test_credentials_in_hf_endpoint_are_redacted_and_the_error_does_not_blame_th
     for text in (message, caplog.text, captured.out, captured.err, json.dumps(record)):
         assert password not in text and "alice" not in text
     assert [p for p in tmp_path.rglob("*") if p.is_file() and password.encode() in p.read_bytes()] == []
+    assert logging.getLogRecordFactory() is factory  # masked while hf2mlc talked to the Hub, the process's own after
+
+
+def test_log_redaction_is_scoped_and_restores_the_record_factory():
+    from hf2mlc.hub.connection import redacted_logs
+
+    def message() -> str:
+        return logging.getLogger("httpx").makeRecord("httpx", logging.INFO, __file__, 1, "HTTP Request: GET %s",
+                                                     ("http://alice:pw@mirror/api/models",), None).getMessage()
+
+    before = logging.getLogRecordFactory()
+    assert message() == "HTTP Request: GET http://alice:pw@mirror/api/models"  # importing hf2mlc replaced nothing
+    with redacted_logs():
+        assert message() == "HTTP Request: GET http://***@mirror/api/models"
+        with redacted_logs():  # nested (an upload inside a download's process): still masked, once
+            assert message() == "HTTP Request: GET http://***@mirror/api/models"
+        assert message() == "HTTP Request: GET http://***@mirror/api/models"
+    assert logging.getLogRecordFactory() is before
+    with pytest.raises(RuntimeError), redacted_logs():
+        raise RuntimeError("a failed upload")
+    assert logging.getLogRecordFactory() is before

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint reading: formats, sharding, name mapping, qkv reorder and user errors.
+"""Hugging Face checkpoint reading (hf2mlc.loader) and GPT-NeoX's name mapping (hf2mlc.model.gpt_neox.loader):
+formats, sharding, name mapping, qkv reorder and user errors.
 
 References: ``safetensors.safe_open`` and ``torch.load`` for the tensor values, and the qkv layouts
 as Hugging Face's attention and MLC's fused attention read them.
@@ -13,15 +14,15 @@ import numpy as np
 import pytest
 
 from hf2mlc.errors import UserError
-from hf2mlc.loader.huggingface import (
-    HuggingFaceWeights,
+from hf2mlc.loader.huggingface import HuggingFaceWeights, find_weight_files
+from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
+from hf2mlc.model.gpt_neox.loader import (
+    GPTNeoXCheckpoint,
     SourceReader,
     canonical_name,
     expected_source_shapes,
-    find_weight_files,
     reorder_qkv,
 )
-from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 
 HIDDEN, HEADS, LAYERS, INTER, VOCAB = 32, 4, 2, 64, 50
 
@@ -95,7 +96,7 @@ def test_safetensors_reader_matches_safe_open(tmp_path):
     with HuggingFaceWeights(tmp_path) as weights, safe_open(tmp_path / "model.safetensors", framework="pt") as ref:
         assert weights.format == "safetensors"
         for stored in ref.keys():
-            got = weights.read(canonical_name(stored))
+            got = weights.read(stored)  # the generic reader: names as stored
             expected = ref.get_tensor(stored)
             assert got.shape == tuple(expected.shape)
             if expected.dtype == torch.bfloat16:
@@ -114,7 +115,7 @@ def test_sharded_safetensors_and_prefixless_names(tmp_path):
     _save_safetensors(tmp_path, state, shards=3)
     fmt, files = find_weight_files(tmp_path)
     assert fmt == "safetensors" and len(files) == 3
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         assert "gpt_neox.layers.1.mlp.dense_4h_to_h.weight" in weights
         assert weights.info("gpt_neox.layers.1.mlp.dense_4h_to_h.weight").stored_name == "layers.1.mlp.dense_4h_to_h.weight"
         for stored, value in state.items():
@@ -135,7 +136,7 @@ def test_torch_bin_drops_buffers_and_reads_bfloat16(tmp_path):
         state[f"gpt_neox.layers.{i}.attention.rotary_emb.inv_freq"] = torch.ones(HIDDEN // HEADS // 2)
     _write_config(tmp_path)
     _save_torch(tmp_path, state)
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         assert weights.format == "pytorch"
         assert not [n for n in weights.tensors if "masked_bias" in n or "inv_freq" in n or n.endswith("attention.bias")]
         bf = weights.read("gpt_neox.layers.0.attention.query_key_value.weight")
@@ -153,7 +154,7 @@ def test_safetensors_preferred_over_bin(tmp_path):
     _write_config(tmp_path)
     _save_safetensors(tmp_path, st)
     _save_torch(tmp_path, {k: v + np.float16(1) for k, v in st.items()})
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         assert weights.format == "safetensors"
         np.testing.assert_array_equal(weights.read("gpt_neox.embed_in.weight"), st["gpt_neox.embed_in.weight"])
 
@@ -164,7 +165,7 @@ def test_lm_head_is_embed_out(tmp_path):
     state["lm_head.weight"] = state.pop("embed_out.weight")
     _write_config(tmp_path)
     _save_safetensors(tmp_path, state)
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         np.testing.assert_array_equal(weights.read("embed_out.weight"), state["lm_head.weight"])
 
 
@@ -174,7 +175,7 @@ def test_tied_embedding_reads_embed_in(tmp_path):
     _write_config(tmp_path, tie=True)
     _save_safetensors(tmp_path, state)
     config = GPTNeoXConfig.from_file(tmp_path)
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         reader = SourceReader(weights, config)
         assert reader.resolve("embed_out.weight") == "gpt_neox.embed_in.weight"
         np.testing.assert_array_equal(reader.read("embed_out.weight"), state["gpt_neox.embed_in.weight"])
@@ -205,7 +206,7 @@ def test_reader_reorders_qkv_on_request(tmp_path):
     state = _state(rng, tie=False)
     _write_config(tmp_path)
     _save_safetensors(tmp_path, state)
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         reader = SourceReader(weights, GPTNeoXConfig.from_file(tmp_path))
         name = "gpt_neox.layers.1.attention.query_key_value.bias"
         np.testing.assert_array_equal(reader.read(name, reorder=True), reorder_qkv(state[name], HEADS))
@@ -218,7 +219,7 @@ def test_reader_reorders_qkv_on_request(tmp_path):
 def test_no_weights_is_a_user_error(tmp_path):
     _write_config(tmp_path)
     with pytest.raises(UserError, match=r"no weights found.*model\.safetensors"):
-        HuggingFaceWeights(tmp_path)
+        GPTNeoXCheckpoint(tmp_path)
 
 
 def test_index_naming_a_missing_file(tmp_path):
@@ -227,7 +228,7 @@ def test_index_naming_a_missing_file(tmp_path):
     _save_safetensors(tmp_path, _state(rng, tie=False), shards=2)
     (tmp_path / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(UserError, match=r"model\.safetensors\.index\.json.*model-00002-of-00002"):
-        HuggingFaceWeights(tmp_path)
+        GPTNeoXCheckpoint(tmp_path)
 
 
 def test_missing_tensor_names_tensor_and_file(tmp_path):
@@ -236,7 +237,7 @@ def test_missing_tensor_names_tensor_and_file(tmp_path):
     del state["gpt_neox.layers.1.attention.dense.weight"]
     _write_config(tmp_path)
     _save_safetensors(tmp_path, state)
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         reader = SourceReader(weights, GPTNeoXConfig.from_file(tmp_path))
         with pytest.raises(UserError, match=r"model\.safetensors: no tensor 'gpt_neox\.layers\.1\.attention\.dense\.weight'"):
             reader.info("gpt_neox.layers.1.attention.dense.weight")
@@ -248,7 +249,7 @@ def test_shape_mismatch_names_tensor_and_config(tmp_path):
     state["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"] = state["gpt_neox.layers.0.mlp.dense_h_to_4h.weight"][:-1]
     _write_config(tmp_path)
     _save_safetensors(tmp_path, state)
-    with HuggingFaceWeights(tmp_path) as weights:
+    with GPTNeoXCheckpoint(tmp_path) as weights:
         reader = SourceReader(weights, GPTNeoXConfig.from_file(tmp_path))
         with pytest.raises(UserError, match=r"dense_h_to_4h\.weight' has shape \[63, 32\].*implies \[64, 32\]"):
             reader.info("gpt_neox.layers.0.mlp.dense_h_to_4h.weight")
@@ -261,7 +262,7 @@ def test_truncated_safetensors_is_a_user_error(tmp_path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-100])
     with pytest.raises(UserError, match=r"model\.safetensors.*damaged"):
-        HuggingFaceWeights(tmp_path)
+        GPTNeoXCheckpoint(tmp_path)
 
 
 def test_duplicate_names_after_mapping_are_rejected(tmp_path):
@@ -271,4 +272,4 @@ def test_duplicate_names_after_mapping_are_rejected(tmp_path):
     _write_config(tmp_path)
     _save_safetensors(tmp_path, state)
     with pytest.raises(UserError, match=r"duplicates"):
-        HuggingFaceWeights(tmp_path)
+        GPTNeoXCheckpoint(tmp_path)

@@ -5,12 +5,14 @@ Digests are computed here with hashlib from the bytes on disk, independently of 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -77,11 +79,17 @@ def test_missing_file_or_manifest_is_one_line(tmp_path):
 
 
 def _run_in_atomic_dir(final: Path, then: str) -> subprocess.Popen:
+    return _run_in("from hf2mlc.manifest import atomic_output_dir", f"atomic_output_dir({str(final)!r})",
+                   'tmp / "params_shard_0.bin"', then)
+
+
+def _run_in(imports: str, context: str, write: str, then: str) -> subprocess.Popen:
+    """A process that enters ``context``, writes ``write`` (a path) inside it, prints the directory, then runs ``then``."""
     code = textwrap.dedent(f"""
         import os, signal, sys, time
-        from hf2mlc.manifest import atomic_output_dir
-        with atomic_output_dir({str(final)!r}) as tmp:
-            (tmp / "params_shard_0.bin").write_bytes(b"x" * 100000)
+        {imports}
+        with {context} as tmp:
+            ({write}).write_bytes(b"x" * 100000)
             print(tmp, flush=True)
             {then}
     """)
@@ -89,26 +97,57 @@ def _run_in_atomic_dir(final: Path, then: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True)
 
 
-def test_kill_9_leftover_temporary_dir_is_removed_by_the_next_run_but_a_live_one_is_kept(tmp_path):
-    final = tmp_path / "weights" / "q4f16_0"
-    live = _run_in_atomic_dir(final, "time.sleep(60)")
+@contextlib.contextmanager
+def _live_and_killed(start: Callable[[str], subprocess.Popen]) -> Iterator[tuple[Path, Path]]:
+    """(the directory of a run still going, the one a run killed with SIGKILL left behind); the live run is
+    killed when the block ends."""
+    live = start("time.sleep(60)")
     try:
         running = Path(live.stdout.readline().strip())
-        killed = _run_in_atomic_dir(final, "os.kill(os.getpid(), signal.SIGKILL)")
+        killed = start("os.kill(os.getpid(), signal.SIGKILL)")
         left = Path(killed.stdout.readline().strip())
         assert killed.wait() == -9 and left.is_dir() and (left / "params_shard_0.bin").is_file()
         assert running.is_dir() and running != left
+        yield running, left
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_kill_9_leftover_temporary_dir_is_removed_by_the_next_run_but_a_live_one_is_kept(tmp_path):
+    final = tmp_path / "weights" / "q4f16_0"
+    with _live_and_killed(lambda then: _run_in_atomic_dir(final, then)) as (running, left):
         removed = remove_stale_temporaries(final)
         assert removed == [left] and not left.exists() and running.is_dir()
         with atomic_output_dir(final) as tmp:
             (tmp / "ok").write_text("done")
         assert (final / "ok").read_text() == "done" and running.is_dir()
-    finally:
-        live.kill()
-        live.wait()
     with atomic_output_dir(final):
         pass  # the live run is dead now: its directory and lock go too
     assert sorted(p.name for p in final.parent.iterdir()) == ["q4f16_0"]
+
+
+def test_kill_9_leftover_hub_staging_folder_is_removed_by_the_next_upload_but_a_live_one_is_kept(tmp_path):
+    from hf2mlc.package import hub_folder
+
+    package = tmp_path / "package" / "demo" / "iphone"
+    (package / "bundle" / "demo-q4f16_0-MLC").mkdir(parents=True)
+    (package / "bundle" / "demo-q4f16_0-MLC" / "params_shard_0.bin").write_bytes(b"w" * 1000)
+    (package / "lib").mkdir()
+    (package / "lib" / "libmodel_iphone.a").write_bytes(b"a")
+    for name in ("README.md", "manifest.json"):
+        (package / name).write_text("{}", encoding="utf-8")
+    run = ("from pathlib import Path; from hf2mlc.package import hub_folder", f"hub_folder(Path({str(package)!r}))",
+           'tmp / "staged.bin"')
+    with _live_and_killed(lambda then: _run_in(*run, then)) as (running, left):
+        assert left.parent == package.parent and (left / "staged.bin").is_file()
+        with hub_folder(package) as folder:  # the next upload of this bundle
+            assert not left.exists() and running.is_dir()
+            assert (folder / "params_shard_0.bin").read_bytes() == b"w" * 1000
+        assert not folder.exists()
+    with hub_folder(package):
+        pass  # the live run is dead now: its folder and lock go too
+    assert sorted(p.name for p in package.parent.iterdir()) == ["iphone"]
 
 
 def test_leftover_of_an_older_hf2mlc_without_lock_is_removed(tmp_path):

@@ -17,6 +17,7 @@ from hf2mlc.errors import UserError
 from hf2mlc.families import load_family
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.preflight import GiB, check_checkpoint, check_memory, check_model_dir, check_workflow
+from hf2mlc.resources import mem_mb
 from test_convert import _hf_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,15 +90,18 @@ def test_parameter_count_matches_for_untied_and_tied_checkpoints(tmp_path):
 
 def test_estimated_peak_memory_beyond_the_machine_is_refused_naming_the_stage(tmp_path, caplog):
     count = write_checkpoint(tmp_path / "m", CONFIG)
-    check_memory(count, 96 * 16, where="models[demo]")  # a tiny model fits this machine
+    check_memory(count, where="models[demo]")  # a tiny model fits this machine
     # LINE's 3.6B: the engine's float16 weights bound the check and the evaluation; the streaming float32
-    # reference fits 4 GiB (measured: 1.8 GB).
-    with pytest.raises(UserError, match=r"models\[line\]: stage evaluate needs about 8.7 GiB for 3,600,000,000 "
+    # reference fits 4 GiB (measured: 1.8 GB). The need is what the job asks a scheduler for (mem_mb):
+    # check 10,100 MB, evaluate 11,400 MB.
+    assert (mem_mb("check", 3_600_000_000), mem_mb("evaluate", 3_600_000_000)) == (10_100, 11_400)
+    with pytest.raises(UserError, match=r"models\[line\]: stage check needs about 9.4 GiB for 3,600,000,000 "
                                         r"parameters, but this machine has 8.0 GiB of memory and swap"):
-        check_memory(3_600_000_000, 51200 * 3072, where="models[line]", memory=(8 * GiB, 6 * GiB))
-    check_memory(3_600_000_000, 51200 * 3072, where="models[line]", memory=(16 * GiB, 6 * GiB))
-    assert "stage check needs about 7.7 GiB, but only 6.0 GiB are free now" in caplog.text
-    check_memory(3_600_000_000, 51200 * 3072, where="models[line]", stages=("reference", "reference_answers"),
+        check_memory(3_600_000_000, where="models[line]", memory=(8 * GiB, 6 * GiB))
+    check_memory(3_600_000_000, where="models[line]", memory=(16 * GiB, 6 * GiB))
+    assert "stage evaluate needs about 10.6 GiB, but only 6.0 GiB are free now" in caplog.text
+    assert "stage convert needs" not in caplog.text  # the conversion streams: 0.6 GiB
+    check_memory(3_600_000_000, where="models[line]", stages=("reference", "reference_answers"),
                  memory=(4 * GiB, 4 * GiB))
 
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from hf2mlc import demo
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
-from hf2mlc.resources import DEMO_PARAMETERS, LINE_3_6B_PARAMETERS, MEASURED_PEAK_MIB, mem_mb, mem_mb_for_model, parameter_count
+from hf2mlc.model.gpt_neox.params import param_specs
+from hf2mlc.quantization import get_quantization
+from hf2mlc.resources import (
+    DEMO_PARAMETERS,
+    LINE_3_6B_PARAMETERS,
+    MEASURED_PEAK_MIB,
+    MODEL_SIZED_RULES,
+    mem_mb,
+    mem_mb_for_model,
+    parameter_count,
+)
 
 
 #: LINE's japanese-large-lm-3.6b config.json (the sizes that matter).
@@ -31,6 +42,15 @@ def test_measured_models_parameter_counts() -> None:
     assert LINE_3_6B_PARAMETERS == v * h + n * layer + 2 * h + v * h
     demo_config = GPTNeoXConfig.from_dict(demo.model_config())
     assert parameter_count(demo_config) == DEMO_PARAMETERS
+    # The count is computed; the library's parameter set, enumerated, is the reference.
+    for config in (_line(), demo_config, GPTNeoXConfig.from_dict({**LINE, "num_hidden_layers": 2, "tie_word_embeddings": False})):
+        specs = param_specs(config, get_quantization("q0f32"))
+        assert parameter_count(config) == sum(math.prod(spec.shape) for spec in specs)
+
+
+def test_the_dag_time_check_weighs_exactly_the_rules_that_grow_with_the_model() -> None:
+    assert MODEL_SIZED_RULES == ("convert", "convert_calibrated", "compile", "check", "evaluate", "reference",
+                                 "reference_answers")
 
 
 def test_mem_mb_passes_through_both_measurements_with_headroom() -> None:

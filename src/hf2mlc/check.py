@@ -4,10 +4,9 @@
 with :mod:`hf2mlc.reference`'s streaming float32 forward on the **same numbers** (for a quantized build,
 the dequantized weights of its tensor cache: :class:`hf2mlc.reference.TensorCacheWeights`), one layer's
 weights in memory at a time. A relative error above the bound fails the check, and the iPhone compile
-waits on the check, so a wrong library never reaches a device. :func:`dequantized_reference` is the same
-reference as transformers builds it, whole in memory: what the tests hold the library and the streaming
-weight source to. What quantization
-*cost* is measured elsewhere (:mod:`hf2mlc.evaluate`).
+waits on the check, so a wrong library never reaches a device. :func:`dequantized_reference` puts the same
+numbers into transformers' model, whole in memory: what the tests hold the library and the streaming
+forward pass to. What quantization *cost* is measured elsewhere (:mod:`hf2mlc.evaluate`).
 """
 
 from __future__ import annotations
@@ -43,59 +42,30 @@ def original_reference(model_dir: Path):
 
 
 def dequantized_reference(model_dir: Path, weights_dir: Path, quantization: str):
-    """transformers' GPT-NeoX holding exactly the numbers of a tensor cache (dequantized, qkv order undone).
+    """transformers' GPT-NeoX holding exactly the numbers of a tensor cache: the check's own weight source
+    (:class:`hf2mlc.reference.TensorCacheWeights`: dequantized, qkv order undone), one tensor at a time.
 
-    This separates "the compiled model is right" from "quantization lost accuracy": against this reference
-    a correct build of any quantization agrees to float16 rounding. Tensors are copied in one at a time
-    into the loaded float32 model, so memory stays at the model plus one tensor.
+    The numbers are the check's; the forward pass is transformers', not the streaming reference's: the
+    tests hold the library and the streaming reference to it. Tensors are copied in one at a time into the
+    loaded float32 model, so memory stays at the model plus one tensor.
     """
     torch = _torch()
 
-    from .loader.huggingface import reorder_qkv
-    from .quantization import get_quantization
-    from .quantization.group import dequantize
-    from .tensor_cache import read_tensor_cache
+    from .reference import TensorCacheWeights
 
-    q = get_quantization(quantization)
-    config = GPTNeoXConfig.from_file(model_dir)
     model = original_reference(model_dir)
     output = model.get_output_embeddings()
     if output.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr():
         # Tied in transformers, separate in MLC's layout: give the output projection its own tensor.
         output.weight = torch.nn.Parameter(output.weight.detach().clone())
-    params = dict(model.named_parameters())
-    out_name = next(name for name, p in params.items() if p is output.weight)
-    cache = read_tensor_cache(weights_dir)
-    for name, array in cache.items():
-        if name.endswith(".q_scale"):
-            continue
-        if name.endswith(".q_weight"):
-            base = name[: -len(".q_weight")]
-            scale = cache[f"{base}.q_scale"]
-            in_features = config.intermediate_size if base.endswith("dense_4h_to_h") else config.hidden_size
-            if q.linear_weight_layout == "KN" and base != "gpt_neox.embed_in":
-                array, scale = array.T, scale.T
-            array, name = dequantize(array, scale, q, axis=-1, size=in_features), f"{base}.weight"
-        array = np.asarray(array, dtype=np.float32)
-        if ".attention.query_key_value." in name:
-            array = _undo_qkv(array, config.num_attention_heads, reorder_qkv)
-        target = params[out_name if name == "embed_out.weight" else name]
+    source = TensorCacheWeights(weights_dir, GPTNeoXConfig.from_file(model_dir), quantization)
+    for name, target in model.named_parameters():
+        array = source("embed_out.weight" if target is output.weight else name)
         if tuple(target.shape) != array.shape:
             raise RuntimeError(f"{name}: cache shape {array.shape} does not match transformers' {tuple(target.shape)}")
         with torch.no_grad():
-            target.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+            target.copy_(torch.from_numpy(array))
     return model
-
-
-def _undo_qkv(array: np.ndarray, heads: int, reorder) -> np.ndarray:
-    """Inverse of MLC's [head, (q|k|v)] → [(q|k|v), head] row reorder."""
-    rows = array.shape[0]
-    head_dim = rows // (3 * heads)
-    rest = array.shape[1:]
-    out = array.reshape(3, heads, head_dim, *rest).swapaxes(0, 1)
-    undone = np.ascontiguousarray(out).reshape(array.shape)
-    assert np.array_equal(reorder(undone, heads), array)
-    return undone
 
 
 def transformers_logits(model, ids: list[int]) -> np.ndarray:

@@ -5,7 +5,8 @@ rule carries a digest of that closure as a parameter (rules/common.smk: ``code_v
 read with :mod:`ast`, never listed by hand: every ``import``/``from … import`` of an hf2mlc module anywhere
 in a module (inside functions too: the package imports its heavy dependencies lazily) is followed
 transitively, with the packages that hold each module (their ``__init__.py`` runs first), and the files of
-``hf2mlc/data/`` a module names. Imports under ``if TYPE_CHECKING:`` never run and are not followed.
+``hf2mlc/data/`` and the schemas of ``config/`` a module names. Imports under ``if TYPE_CHECKING:`` never
+run and are not followed.
 
 The closure is followed by name: ``from .families import render_prompt`` takes the module-level code of
 families.py (it runs on import) and the definitions ``render_prompt`` refers to, transitively — not the
@@ -21,6 +22,8 @@ import ast
 import functools
 import hashlib
 from pathlib import Path
+
+from .schemas import CONFIG_DIR, SCHEMA_FILES
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
@@ -110,11 +113,20 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
+def _named_files() -> dict[str, Path]:
+    """The files code may name by their file name: hf2mlc/data/'s, and config/'s schemas (hf2mlc.schemas)."""
+    files = [p for p in DATA_DIR.iterdir() if p.is_file()] if DATA_DIR.is_dir() else []
+    if CONFIG_DIR.is_dir():
+        files += [p for p in CONFIG_DIR.iterdir() if p.is_file() and p.match(SCHEMA_FILES)]
+    return {p.name: p for p in files}
+
+
 def _data_files(nodes) -> set[Path]:
-    """Files of hf2mlc/data/ that code names by a string constant (e.g. ``DATA / "eval_ja.txt"``)."""
-    present = {p.name for p in DATA_DIR.iterdir() if p.is_file()} if DATA_DIR.is_dir() else set()
+    """Package data and schemas that code names by a string constant (e.g. ``DATA / "eval_ja.txt"``,
+    ``schemas.check(raw, "family.schema.yaml", …)``)."""
+    present = _named_files()
     names = {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-    return {DATA_DIR / name for name in names & present}
+    return {present[name] for name in names & set(present)}
 
 
 def _definitions(tree: ast.Module) -> dict[str, ast.AST]:
@@ -186,6 +198,8 @@ def rule_files(stage: str, workflow_dir: Path) -> list[Path]:
     if missing:
         raise ValueError(f"rule {stage}: {', '.join(missing)} missing")
     return sorted(files)
+
+
 def code_digest(stage: str, workflow_dir: Path) -> str:
     """A short digest of :func:`rule_files`' paths (relative to the package) and contents."""
     digest = hashlib.sha256()

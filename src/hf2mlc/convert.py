@@ -30,9 +30,9 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
-from .loader.huggingface import HuggingFaceWeights, SourceReader, reorder_qkv
 from .manifest import atomic_output_dir
 from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.loader import GPTNeoXCheckpoint, SourceReader, reorder_qkv
 from .model.gpt_neox.params import ParamSpec, param_specs
 from .quantization import (
     DEFAULT_CALIBRATION_TEXT,
@@ -53,9 +53,8 @@ from .quantization.calibration import (
     quantize_planned,
 )
 from .quantization.group import quantize_embedding, quantize_linear, quantize_rows_fast
+from .spec import FFN_OUT_DTYPES
 from .tensor_cache import TensorCacheWriter
-
-FFN_OUT_DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -282,7 +281,7 @@ def _convert(
     threads: int | None,
     shard_cap_mb: int,
 ) -> dict[str, Any]:
-    with HuggingFaceWeights(model_dir) as weights:
+    with GPTNeoXCheckpoint(model_dir) as weights:
         reader = SourceReader(weights, config)
         jobs = _jobs(specs, reader)
         total_params = weights.total_elements()

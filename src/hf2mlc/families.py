@@ -21,8 +21,8 @@ from typing import Any
 
 import yaml
 
+from . import schemas
 from .errors import UserError
-from .spec import FFN_OUT_DTYPES
 
 log = logging.getLogger(__name__)
 
@@ -32,100 +32,6 @@ PLACEHOLDERS = {
     "user": "{user_message}",
     "assistant": "{assistant_message}",
     "tool": "{tool_message}",
-}
-
-#: mlc-chat-config.json sampling keys a family may set, with the range MLC accepts.
-GENERATION_KEYS = ("temperature", "top_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
-
-#: Build overrides a family may set, and their allowed values (MLC's GPTNeoXConfig fields).
-OVERRIDES = {"ffn_out_dtype": FFN_OUT_DTYPES}
-
-_STRING_LIST = {"type": "array", "items": {"type": "string"}}
-_ID_LIST = {"type": "array", "items": {"type": "integer", "minimum": 0}}
-
-#: The YAML schema (config/families/README.md explains every key).
-SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "description", "template", "expect", "prompt_example"],
-    "properties": {
-        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"},
-        "description": {"type": "string", "minLength": 1},
-        "source": {"type": "string"},
-        "warning": {"type": "string", "minLength": 1},
-        "on_mismatch": {"enum": ["error", "warn"]},
-        "template": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["roles", "seps", "stop_token_ids"],
-            "properties": {
-                "system_template": {"type": "string"},
-                "system_message": {"type": "string"},
-                "system_prefix_token_ids": {"oneOf": [{"type": "null"}, {**_ID_LIST, "minItems": 1}]},
-                "add_role_after_system_message": {"type": "boolean"},
-                "roles": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["user", "assistant"],
-                    # Empty role names are a base model's (MLC's LM template: the prompt is the text itself).
-                    "properties": {r: {"type": "string"} for r in ("user", "assistant", "tool")},
-                },
-                "role_templates": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {r: {"type": "string"} for r in ("user", "assistant", "tool")},
-                },
-                "seps": {**_STRING_LIST, "minItems": 1, "maxItems": 2},
-                "role_content_sep": {"type": "string"},
-                "role_empty_sep": {"type": "string"},
-                "stop_str": {"type": "array", "items": {"type": "string", "minLength": 1}},  # "" would cut every reply
-                "stop_token_ids": {**_ID_LIST, "minItems": 1},
-            },
-        },
-        "expect": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["stop_tokens"],
-            "properties": {
-                "stop_tokens": {**_STRING_LIST, "minItems": 1},
-                "system_prefix_tokens": _STRING_LIST,
-            },
-        },
-        "prompt_example": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["messages", "prompt"],
-            "properties": {
-                "messages": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "array",
-                        "minItems": 2,
-                        "maxItems": 2,
-                        "prefixItems": [{"enum": ["system", "user", "assistant", "tool"]}, {"type": "string"}],
-                    },
-                },
-                "prompt": {"type": "string", "minLength": 1},
-            },
-        },
-        "generation": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "temperature": {"type": "number", "minimum": 0},
-                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
-                "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-                "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
-            },
-        },
-        "overrides": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {key: {"enum": list(values)} for key, values in OVERRIDES.items()},
-        },
-    },
 }
 
 
@@ -156,15 +62,8 @@ class Family:
     source: str = ""
 
 
-def _key_path(error: Any) -> str:
-    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path]
-    return "".join(parts).lstrip(".") or "(top level)"
-
-
 def load_family(path: Path) -> Family:
-    """Read and schema-check a family YAML; log its warning, if it has one."""
-    import jsonschema
-
+    """Read and schema-check a family YAML (config/family.schema.yaml); log its warning, if it has one."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -172,11 +71,7 @@ def load_family(path: Path) -> Family:
         raise UserError(f"{path}: cannot read the family file ({err.strerror}).") from err
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML ({err}).") from err
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
-    if errors:
-        error = errors[0]
-        raise UserError(f"{path}: {_key_path(error)}: {error.message}. See config/families/README.md.")
+    schemas.check(raw, "family.schema.yaml", where=path, readme="config/families/README.md")
     template = dict(raw["template"])
     expect = raw["expect"]
     prefix_ids = template.get("system_prefix_token_ids")

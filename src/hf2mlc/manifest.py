@@ -252,13 +252,11 @@ def _is_unowned(lock: Path) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds.
-
-    The temporary directory is a sibling of ``final`` (same file system, so the rename is atomic) and is
-    removed on any failure, so a crash or Ctrl-C never leaves a half-written ``final``; what a killed
-    run left behind is removed by the next run (:func:`remove_stale_temporaries`).
-    """
+def scratch_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary sibling directory of ``final``, locked while this process lives and removed
+    when the block ends, however it ends; what a killed run left behind is removed by the next run
+    (:func:`remove_stale_temporaries`). For a stage's working files that are never its output (the
+    upload's Hub folder); :func:`atomic_output_dir` builds on it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(final)
@@ -271,15 +269,27 @@ def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.mkdir()  # an ordinary directory (mode from the umask), unlike mkdtemp's 0700
         try:
             yield tmp
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already where the block renamed it into place
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces ``final`` only if the block succeeds.
+
+    The temporary directory is a sibling of ``final`` (same file system, so the rename is atomic) and is
+    removed on any failure, so a crash or Ctrl-C never leaves a half-written ``final``; what a killed
+    run left behind is removed by the next run (:func:`remove_stale_temporaries`).
+    """
+    final = Path(final)
+    with scratch_dir(final) as tmp:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
 
 
 class Stopwatch:

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,8 @@ SYSTEM_DEFAULTS = {
 STATIC_LIB_NAME = {"iphone": "libmodel_iphone.a"}
 #: Where a bundle with bundle_weight false keeps its model directory: published to the Hub, not in bundle/.
 HUB_ONLY_DIR = "hub"
+#: The upload's staging folder for ``results/package/<m>/<device>``: ``.<device>-hub.tmp-*`` beside it.
+HUB_STAGING_SUFFIX = "-hub"
 #: What MLC's packager turns ``HF://owner/name`` into for the app (mlc_llm/interface/package.py).
 HUB_URL = "https://huggingface.co"
 
@@ -335,8 +336,11 @@ def hub_folder(package: Path) -> Iterator[Path]:
     model_dirs = [p for home in homes for p in home.iterdir() if p.is_dir()]
     if len(model_dirs) != 1:
         raise UserError(f"{package}: expected one model directory, found {len(model_dirs)}; rerun the package stage.")
-    with tempfile.TemporaryDirectory(prefix=".hub-", dir=package.parent) as tmp:
-        root = Path(tmp)
+    from .manifest import scratch_dir
+
+    # A sibling of the package (hard links need the same file system), locked while the upload runs: one a
+    # kill -9 left behind is removed by the next upload of this bundle.
+    with scratch_dir(package.with_name(f"{package.name}{HUB_STAGING_SUFFIX}")) as root:
         for src in sorted(model_dirs[0].iterdir()):
             _link_or_copy(src, root / src.name)
         for src in sorted((package / "lib").iterdir()):

@@ -31,19 +31,6 @@ from .model.gpt_neox.config import GPTNeoXConfig
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
-#: Bytes per parameter of the host engine's weights (at most float16): the check and the evaluation.
-ENGINE_BYTES_PER_PARAM = 2
-#: Bytes per element of the largest tensor the streaming float32 reference (hf2mlc.reference) holds at
-#: once: the embedding or head as read (float16, 2) and widened (float32, 4). One layer's float32 weights
-#: are smaller than that at every GPT-NeoX shape; the text's activations are ACTIVATION_BYTES.
-STREAMING_LARGEST_TENSOR_BYTES = 6
-#: Activations of 10,000 evaluation tokens (LINE: [tokens, 4·hidden] float32 twice, ~1 GB), or a block of
-#: an evaluation's logits and log-probabilities.
-ACTIVATION_BYTES = 1 * GiB
-#: Copies of the largest float32 tensor the conversion holds at once (source, float32 copy, packed outputs).
-CONVERT_LARGEST_TENSOR_COPIES = 4
-#: Interpreter, torch, TVM and allocator overhead of any stage.
-BASE_BYTES = 1 * GiB
 
 
 def check_hub_name(name: str, *, where: str) -> None:
@@ -87,40 +74,34 @@ def check_chunk(context_window_size: int, prefill_chunk_size: int, *, where: str
         )
 
 
-def config_param_count(config: GPTNeoXConfig) -> int:
-    """The number of parameters config.json implies, computed (never enumerated, which could itself be the
-    allocation this check exists to prevent)."""
-    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    per_layer = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (h * i + h)
-    return v * h + config.num_hidden_layers * per_layer + 2 * h + (0 if config.tie_word_embeddings else v * h)
-
-
-def checkpoint_tensors(model_dir: Path) -> tuple[int, int, list[Path]] | None:
-    """(parameter count, largest tensor's element count, files) from the safetensors headers, or ``None``
-    for a PyTorch checkpoint (whose sizes cannot be read without unpickling)."""
-    from .loader.huggingface import find_weight_files, is_dropped, read_safetensors_header
+def checkpoint_tensors(model_dir: Path) -> tuple[int, list[Path]] | None:
+    """(parameter count, files) from the safetensors headers, or ``None`` for a PyTorch checkpoint (whose
+    sizes cannot be read without unpickling)."""
+    from .loader.huggingface import find_weight_files, read_safetensors_header
+    from .model.gpt_neox.loader import is_dropped
 
     fmt, files = find_weight_files(model_dir)
     if fmt != "safetensors":
         return None
-    total = largest = 0
+    total = 0
     for path in files:
         for info in read_safetensors_header(path):
-            if not is_dropped(info.name):
+            if not is_dropped(info.stored_name):
                 total += info.size
-                largest = max(largest, info.size)
-    return total, largest, files
+    return total, files
 
 
-def check_checkpoint(model_dir: Path, *, where: str) -> tuple[GPTNeoXConfig, int, int]:
-    """config.json valid and consistent with the tensors on disk; returns (config, parameters, largest tensor)."""
+def check_checkpoint(model_dir: Path, *, where: str) -> tuple[GPTNeoXConfig, int]:
+    """config.json valid and consistent with the tensors on disk; returns (config, parameters stored)."""
+    from .resources import checkpoint_parameter_count
+
     model_dir = Path(model_dir)
     config = GPTNeoXConfig.from_file(model_dir)
-    expected = config_param_count(config)
+    expected = checkpoint_parameter_count(config)
     found = checkpoint_tensors(model_dir)
     if found is None:
-        return config, expected, config.vocab_size * config.hidden_size
-    total, largest, files = found
+        return config, expected
+    total, files = found
     tied_copy = config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0
     if total not in (expected, expected + tied_copy):
         names = ", ".join(p.name for p in files[:3]) + (" …" if len(files) > 3 else "")
@@ -130,24 +111,7 @@ def check_checkpoint(model_dir: Path, *, where: str) -> tuple[GPTNeoXConfig, int
             f"{config.intermediate_size}, vocab_size {config.vocab_size}), but the tensor headers of {names} hold "
             f"{total:,}; config.json does not belong to these weights. Restore the model's own config.json."
         )
-    return config, expected, largest
-
-
-def stage_peak_bytes(params: int, largest_tensor: int) -> dict[str, int]:
-    """Estimated peak resident memory of the stages that scale with the model.
-
-    The float32 reference streams the checkpoint (measured at LINE's 3.6B: 1.8 GB for 1,000 or 10,000
-    tokens); the check frees the engine before it streams the reference, so it needs the larger of the two.
-    """
-    streaming = largest_tensor * STREAMING_LARGEST_TENSOR_BYTES + ACTIVATION_BYTES + BASE_BYTES
-    engine = params * ENGINE_BYTES_PER_PARAM + BASE_BYTES
-    return {
-        "convert": largest_tensor * 4 * CONVERT_LARGEST_TENSOR_COPIES + BASE_BYTES,
-        "check": max(engine, streaming),
-        "reference": streaming,
-        "reference_answers": streaming,
-        "evaluate": engine + ACTIVATION_BYTES,
-    }
+    return config, expected
 
 
 def machine_memory_bytes() -> tuple[int, int] | None:
@@ -162,20 +126,25 @@ def machine_memory_bytes() -> tuple[int, int] | None:
         return None
 
 
-def check_memory(params: int, largest_tensor: int, *, where: str, stages: Iterable[str] | None = None,
+def check_memory(params: int, *, where: str, stages: Iterable[str] | None = None,
                  memory: tuple[int, int] | None = None) -> None:
-    """Refuse a stage whose estimated peak exceeds the machine's memory; warn when it exceeds what is free.
+    """Refuse a stage whose memory request (:func:`hf2mlc.resources.mem_mb`, what a scheduler is asked
+    for) exceeds the machine's memory; warn when it exceeds what is free. ``params``: the library's
+    parameter count (:func:`hf2mlc.resources.parameter_count`).
 
-    The estimate is an upper bound, so only a model that cannot fit this machine at all is refused; one
-    that needs memory now in use by others is a warning.
+    The request is the measured peak plus headroom, so only a model that cannot fit this machine at all is
+    refused; one that needs memory now in use by others is a warning.
     """
+    from .resources import MODEL_SIZED_RULES, mem_mb
+
     memory = machine_memory_bytes() if memory is None else memory
     if memory is None:
         return
     total, available = memory
-    for stage, need in stage_peak_bytes(params, largest_tensor).items():
+    for stage in MODEL_SIZED_RULES:
         if stages is not None and stage not in stages:
             continue
+        need = mem_mb(stage, params) * 10**6
         if need > total:
             raise UserError(
                 f"{where}: stage {stage} needs about {need / GiB:.1f} GiB for {params:,} parameters, but this machine "
@@ -188,8 +157,10 @@ def check_memory(params: int, largest_tensor: int, *, where: str, stages: Iterab
 
 def check_model_dir(model_dir: Path, *, where: str, stages: Iterable[str] | None = None) -> GPTNeoXConfig:
     """Every check of a checkpoint on disk: config.json types and ranges, size against headers, memory."""
-    config, params, largest = check_checkpoint(model_dir, where=where)
-    check_memory(params, largest, where=where, stages=stages)
+    from .resources import parameter_count
+
+    config, _stored = check_checkpoint(model_dir, where=where)
+    check_memory(parameter_count(config), where=where, stages=stages)
     return config
 
 

@@ -64,14 +64,14 @@ def _torch():
 class CheckpointWeights:
     """The checkpoint's tensors as float32, one at a time, by canonical Hugging Face name.
 
-    Wraps :class:`hf2mlc.loader.huggingface.SourceReader` (shape checks against config.json, the tied
+    Wraps :class:`hf2mlc.model.gpt_neox.loader.SourceReader` (shape checks against config.json, the tied
     ``embed_out`` fallback), without MLC's qkv reorder: the forward pass uses Hugging Face's layout.
     """
 
     def __init__(self, model_dir: Path, config: GPTNeoXConfig) -> None:
-        from .loader.huggingface import HuggingFaceWeights, SourceReader
+        from .model.gpt_neox.loader import GPTNeoXCheckpoint, SourceReader
 
-        self._weights = HuggingFaceWeights(model_dir)
+        self._weights = GPTNeoXCheckpoint(model_dir)
         self._reader = SourceReader(self._weights, config)
 
     def __call__(self, name: str) -> np.ndarray:

@@ -1,6 +1,8 @@
-"""Memory a job needs, as a function of the model's parameter count, for cluster schedulers.
+"""Memory a job needs, as a function of the model's parameter count: the one estimate of it.
 
-Snakemake hands ``resources: mem_mb`` to SLURM or Kubernetes, which place (and kill) jobs by it. The
+Snakemake hands ``resources: mem_mb`` to SLURM or Kubernetes, which place (and kill) jobs by it, and the
+DAG-time check (:func:`hf2mlc.preflight.check_memory`) refuses a model whose jobs would ask for more than the
+machine has: the same number, so a job the check lets through is one a scheduler can place. The
 numbers come from measured peaks at two sizes: the demo model (the benchmark files of a demo run,
 ``results/benchmarks/**``: the interpreter, torch and TVM dominate) and LINE's 3.6B shape
 (``benchmarks/RESULTS.md``). In between and beyond, a job's peak is taken as linear in the parameter
@@ -14,8 +16,6 @@ import os
 from pathlib import Path
 
 from .model.gpt_neox.config import GPTNeoXConfig
-from .model.gpt_neox.params import param_specs
-from .quantization import get_quantization
 
 #: Parameters of the two measured models (tests/test_resources.py counts them from their configs): the
 #: embedded demo (hidden 128, 2 layers, vocab 1024, tied)
@@ -51,11 +51,23 @@ MEASURED_PEAK_MIB: dict[str, tuple[float, float]] = {
 #: Headroom over the measured peak: allocator noise, a longer evaluation text, a second thread pool.
 HEADROOM = 1.25
 MIB_PER_MB = 2**20 / 1e6
+#: The rules whose peak grows with the model: those the DAG-time memory check weighs.
+MODEL_SIZED_RULES = tuple(rule for rule, (small, large) in MEASURED_PEAK_MIB.items() if small != large)
+
+
+def checkpoint_parameter_count(config: GPTNeoXConfig) -> int:
+    """The parameters config.json implies a checkpoint stores (a tied head once), computed, never enumerated:
+    the enumeration could itself be the allocation the DAG-time check of a wrong config.json exists to prevent."""
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    per_layer = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (h * i + h)
+    return v * h + config.num_hidden_layers * per_layer + 2 * h + (0 if config.tie_word_embeddings else v * h)
 
 
 def parameter_count(config: GPTNeoXConfig) -> int:
-    """The parameters the library reads (unquantized): what a job holds in memory, the tied head included."""
-    return sum(math.prod(spec.shape) for spec in param_specs(config, get_quantization("q0f32")))
+    """The parameters the library reads (unquantized): what a job holds in memory, the tied head included
+    (MLC's parameter set holds it as its own tensor)."""
+    tied_head = config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0
+    return checkpoint_parameter_count(config) + tied_head
 
 
 def mem_mb(rule: str, parameters: int) -> int:

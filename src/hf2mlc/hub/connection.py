@@ -6,16 +6,19 @@ call this package makes.  The token is never printed, logged or written: it only
 ``Authorization`` header that huggingface_hub builds.
 
 An endpoint may carry a user name and password (``http://user:pw@mirror``, for a mirror behind basic
-auth).  The HTTP client logs every request URL at INFO, so importing this module installs a log-record
-factory that masks URL credentials in every log line of the process, whichever logger or handler it
-goes to; messages built here use :func:`public_endpoint` or :func:`redact`.
+auth).  The HTTP client logs every request URL at INFO, so while hf2mlc talks to the Hub (a download, an
+upload: :func:`redacted_logs` around each) a log-record factory masks URL credentials in every log line of
+the process, whichever logger or handler it goes to, and the process's own factory is put back after;
+messages built here use :func:`public_endpoint` or :func:`redact`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,10 +40,14 @@ def endpoint_has_credentials(endpoint: str | None = None) -> bool:
     return bool(urlsplit(endpoint or hub_endpoint()).username)
 
 
-def _install_log_redaction() -> None:
+@contextlib.contextmanager
+def redacted_logs() -> Iterator[None]:
+    """Mask URL credentials in every log record made while the block runs (a decorator too).
+
+    A record factory, not a filter on hf2mlc's handlers: the HTTP client's records also reach handlers
+    hf2mlc never installed (a caller's, pytest's). The factory in place before is restored on the way out
+    (unless another was installed on top meanwhile, which then keeps ours in its chain)."""
     previous = logging.getLogRecordFactory()
-    if getattr(previous, "hf2mlc_redacts", False):
-        return
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
@@ -52,8 +59,12 @@ def _install_log_redaction() -> None:
             record.msg, record.args = redact(message), ()
         return record
 
-    factory.hf2mlc_redacts = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        if logging.getLogRecordFactory() is factory:
+            logging.setLogRecordFactory(previous)
 
 
 def hub_endpoint() -> str:
@@ -89,5 +100,3 @@ def make_api(endpoint: str, token: str | None) -> HfApi:
         library_version=__version__,
     )
 
-
-_install_log_redaction()

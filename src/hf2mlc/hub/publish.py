@@ -28,7 +28,7 @@ from huggingface_hub.utils import validate_repo_id
 from .. import __version__
 from ..errors import UserError
 from ..manifest import MANIFEST_NAME, read_manifest, sha256_file
-from .connection import hub_endpoint, is_offline, make_api, public_endpoint, resolve_token
+from .connection import hub_endpoint, is_offline, make_api, public_endpoint, redacted_logs, resolve_token
 from .digests import git_blob_sha1
 from .failures import explain
 
@@ -50,6 +50,7 @@ class PlannedFile:
         return {"path": self.path, "size": self.size, "sha256": self.sha256}
 
 
+@redacted_logs()
 def upload(
     package_dir: Path,
     *,

@@ -11,13 +11,10 @@ Weights come from ``model.safetensors`` / ``model.safetensors.index.json`` (pref
 * PyTorch pickles are opened with ``torch.load(mmap=True, weights_only=True)``, which maps the file
   and builds tensors lazily; after a tensor is copied out its pages are released (``madvise``).
 
-Names are mapped to the ones :func:`hf2mlc.model.gpt_neox.params.param_specs` uses: the ``gpt_neox.`` prefix
-is added where a checkpoint lacks it; transformers 5's ``lm_head.weight`` is read as
-``embed_out.weight``; buffers that are not weights (``attention.bias``, ``attention.masked_bias``,
-``rotary_emb.inv_freq``; LINE's .bin stores the first two as ``torch.BoolStorage``) are dropped;
-``embed_out.weight`` comes from ``gpt_neox.embed_in.weight`` for tied embeddings; and
-``query_key_value`` rows are reordered from Hugging Face's per-head [q, k, v] to [all q, all k,
-all v], MLC's fused-QKV layout.
+Tensors are looked up by the names an architecture's checkpoint class gives them
+(:meth:`HuggingFaceWeights.canonical`; here, the names as stored):
+:class:`hf2mlc.model.gpt_neox.loader.GPTNeoXCheckpoint` maps GPT-NeoX checkpoints' spellings onto the names
+its parameter set uses, as MLC LLM keeps each architecture's name mapping beside its model.
 """
 
 from __future__ import annotations
@@ -30,14 +27,13 @@ import mmap
 import os
 import struct
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
-from ..model.gpt_neox.config import GPTNeoXConfig
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +41,6 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
-
-#: Suffixes of checkpoint entries that are buffers, not weights (MLC lists them as unused).
-DROPPED_SUFFIXES = ("attention.bias", "attention.masked_bias", "rotary_emb.inv_freq")
 
 _SAFETENSORS_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
@@ -63,29 +56,11 @@ def _numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def canonical_name(name: str) -> str:
-    """The name under which param_specs looks a checkpoint tensor up.
-
-    Adds the ``gpt_neox.`` prefix that bare ``GPTNeoXModel`` checkpoints lack, and maps
-    transformers 5's ``lm_head.`` back to ``embed_out.``, the name older checkpoints (LINE, rinna,
-    Pythia) and MLC use; transformers itself renames ``embed_out.`` to ``lm_head.`` when loading.
-    """
-    if name.startswith("lm_head."):
-        return "embed_out." + name.removeprefix("lm_head.")
-    if name.startswith("gpt_neox.") or name.startswith("embed_out."):
-        return name
-    return f"gpt_neox.{name}"
-
-
-def is_dropped(name: str) -> bool:
-    return name.endswith(DROPPED_SUFFIXES)
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """Where one checkpoint tensor lives and what it is, known without reading its data."""
 
-    name: str  # canonical
+    name: str  # as looked up (HuggingFaceWeights.canonical)
     stored_name: str  # as spelled in the file
     file: Path
     dtype: np.dtype
@@ -128,7 +103,7 @@ def read_safetensors_header(path: Path) -> list[TensorInfo]:
         begin, end = (int(x) for x in entry["data_offsets"])
         if end - begin != math.prod(shape) * dtype.itemsize or base + end > size:
             raise UserError(f"{path}: tensor {stored!r} has inconsistent offsets; the file is damaged.")
-        infos.append(TensorInfo(canonical_name(stored), stored, path, dtype, shape, base + begin))
+        infos.append(TensorInfo(stored, stored, path, dtype, shape, base + begin))
     return infos
 
 
@@ -212,7 +187,7 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 
 
 class HuggingFaceWeights:
-    """The tensors of one Hugging Face checkpoint directory, by canonical name, read on demand."""
+    """The tensors of one Hugging Face checkpoint directory, by :meth:`canonical` name, read on demand."""
 
     def __init__(self, model_dir: str | Path) -> None:
         self.model_dir = Path(model_dir)
@@ -224,14 +199,25 @@ class HuggingFaceWeights:
         for path in self.files:
             infos = read_safetensors_header(path) if self.format == "safetensors" else self._torch_infos(path)
             for info in infos:
-                if is_dropped(info.name):
+                name = self.canonical(info.stored_name)
+                if name is None:
                     continue
+                info = replace(info, name=name)
                 if info.name in self.tensors:
                     raise UserError(
                         f"{path}: tensor {info.stored_name!r} duplicates {self.tensors[info.name].stored_name!r} "
                         f"in {self.tensors[info.name].file.name}; the checkpoint is ambiguous."
                     )
                 self.tensors[info.name] = info
+
+    def canonical(self, stored: str) -> str | None:
+        """The name a stored tensor is looked up by, or None for an entry that is not a weight (skipped).
+        The name as stored; an architecture's checkpoint class maps its own spellings."""
+        return stored
+
+    def describe_missing(self, name: str) -> str:
+        """How the error for a tensor the checkpoint lacks names it (with the other spellings tried)."""
+        return repr(name)
 
     def _torch_infos(self, path: Path) -> list[TensorInfo]:
         import torch
@@ -242,7 +228,7 @@ class HuggingFaceWeights:
             if not isinstance(value, torch.Tensor):
                 continue
             dtype = _torch_to_numpy(torch.empty(0, dtype=value.dtype)).dtype
-            infos.append(TensorInfo(canonical_name(stored), stored, path, dtype, tuple(value.shape)))
+            infos.append(TensorInfo(stored, stored, path, dtype, tuple(value.shape)))
         return infos
 
     def _torch_state_of(self, path: Path) -> dict[str, Any]:
@@ -261,7 +247,7 @@ class HuggingFaceWeights:
             return self.tensors[name]
         except KeyError:
             raise UserError(
-                f"{self.where()}: no tensor {name!r} (nor {name.removeprefix('gpt_neox.')!r}); the checkpoint "
+                f"{self.where()}: no tensor {self.describe_missing(name)}; the checkpoint "
                 "does not match its config.json or is incomplete."
             ) from None
 
@@ -299,7 +285,7 @@ class HuggingFaceWeights:
         return out
 
     def total_elements(self) -> int:
-        """Elements of all weight tensors (dropped buffers excluded): MLC's parameter count."""
+        """Elements of all weight tensors (skipped entries excluded): MLC's parameter count."""
         return sum(info.size for info in self.tensors.values())
 
     def close(self) -> None:
@@ -342,78 +328,3 @@ def find_weight_files(model_dir: Path) -> tuple[str, list[Path]]:
         f"{model_dir}: no weights found; expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, {TORCH_FILE} "
         f"or {TORCH_INDEX} (was the download complete?)."
     )
-
-
-# ----------------------------------------------------------------------------- MLC's view
-
-
-def expected_source_shapes(config: GPTNeoXConfig) -> dict[str, tuple[int, ...]]:
-    """The Hugging Face shape of every tensor MLC's GPT-NeoX is built from (canonical names)."""
-    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    shapes: dict[str, tuple[int, ...]] = {"gpt_neox.embed_in.weight": (v, h), "embed_out.weight": (v, h)}
-    for n in range(config.num_hidden_layers):
-        p = f"gpt_neox.layers.{n}"
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            shapes[f"{p}.{norm}.weight"] = shapes[f"{p}.{norm}.bias"] = (h,)
-        for name, out_f, in_f in (
-            ("attention.query_key_value", 3 * h, h),
-            ("attention.dense", h, h),
-            ("mlp.dense_h_to_4h", i, h),
-            ("mlp.dense_4h_to_h", h, i),
-        ):
-            shapes[f"{p}.{name}.weight"] = (out_f, in_f)
-            shapes[f"{p}.{name}.bias"] = (out_f,)
-    shapes["gpt_neox.final_layer_norm.weight"] = shapes["gpt_neox.final_layer_norm.bias"] = (h,)
-    return shapes
-
-
-def reorder_qkv(array: np.ndarray, num_heads: int) -> np.ndarray:
-    """Rows [head, (q|k|v), head_dim] -> [(q|k|v), head, head_dim], for a fused weight or bias."""
-    rows = array.shape[0]
-    head_dim = rows // (3 * num_heads)
-    rest = array.shape[1:]
-    out = array.reshape(num_heads, 3, head_dim, *rest).swapaxes(0, 1)
-    return np.ascontiguousarray(out).reshape(array.shape)
-
-
-class SourceReader:
-    """Serves the Hugging Face tensors that :func:`param_specs` names as ``source``.
-
-    Applies the tied-embedding fallback and the qkv reorder, and checks every shape against the
-    config, so that a checkpoint that does not fit fails with the tensor and file named.
-    """
-
-    def __init__(self, weights: HuggingFaceWeights, config: GPTNeoXConfig) -> None:
-        self.weights = weights
-        self.config = config
-        self.shapes = expected_source_shapes(config)
-        self._warned_tie = False
-
-    def resolve(self, name: str) -> str:
-        """The checkpoint tensor that holds ``name`` (``embed_out`` may live in ``embed_in``)."""
-        if name == "embed_out.weight" and name not in self.weights:
-            if not self.config.tie_word_embeddings and not self._warned_tie:
-                logger.warning(
-                    "%s: no embed_out.weight although tie_word_embeddings is false; using gpt_neox.embed_in.weight",
-                    self.weights.where(),
-                )
-                self._warned_tie = True
-            return "gpt_neox.embed_in.weight"
-        return name
-
-    def info(self, name: str) -> TensorInfo:
-        info = self.weights.info(self.resolve(name))
-        expected = self.shapes.get(name)
-        if expected is not None and info.shape != expected:
-            raise UserError(
-                f"{info.file}: tensor {info.stored_name!r} has shape {list(info.shape)}, but config.json "
-                f"(hidden_size {self.config.hidden_size}, intermediate_size {self.config.intermediate_size}, "
-                f"vocab_size {self.config.vocab_size}) implies {list(expected)}; the weights and config.json "
-                "do not belong together."
-            )
-        return info
-
-    def read(self, name: str, *, reorder: bool = False) -> np.ndarray:
-        info = self.info(name)
-        array = self.weights.read(info.name)
-        return reorder_qkv(array, self.config.num_attention_heads) if reorder else array

@@ -36,7 +36,7 @@ from huggingface_hub.errors import (
 from .. import __version__
 from ..errors import UserError
 from ..manifest import MANIFEST_NAME, Stopwatch, atomic_output_dir, write_json, write_manifest
-from ..hub.connection import LIBRARY_NAME, hub_endpoint, is_offline, make_api, public_endpoint, resolve_token
+from ..hub.connection import LIBRARY_NAME, hub_endpoint, is_offline, make_api, public_endpoint, redacted_logs, resolve_token
 from ..hub.digests import SHA1_HEX, SHA256_HEX, git_blob_sha1
 from ..hub.failures import exception_chain, explain
 from .selection import Selection, check_weight_index, select_build_files
@@ -83,6 +83,7 @@ def download(
 # --- Hub ----------------------------------------------------------------------------------------------
 
 
+@redacted_logs()
 def _download_hub(source: Source, out_dir: Path, *, token: str | None, cache_dir: Path | None) -> dict[str, Any]:
     assert source.repo_id is not None and source.revision is not None
     endpoint = hub_endpoint()
