@@ -167,8 +167,13 @@ class Score:
         }
 
 
-def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows: list) -> dict[str, Any]:
-    """Reference perplexity and each build's :class:`Score` over ``windows`` (one reference pass per window)."""
+def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows: list,
+                 finish_by: float | None = None) -> dict[str, Any]:
+    """Reference perplexity and each build's :class:`Score` over ``windows`` (one reference pass per window).
+
+    ``finish_by`` (a ``time.time()``): after the first window, keep only as many windows, evenly spaced
+    over ``windows`` (the first included), as its time per window lets finish by then.
+    """
     from hf2mlc.check import original_reference, transformers_logits
     from hf2mlc.runtime import Engine
 
@@ -177,7 +182,9 @@ def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows:
     scores = {label: Score() for label in builds}
     ref_nll, tokens = 0.0, 0
     start = time.perf_counter()
-    for index, (inputs, targets) in enumerate(windows):
+    index = 0
+    while index < len(windows):
+        inputs, targets = windows[index]
         targets = np.asarray(targets)
         lp_ref = _log_softmax(transformers_logits(reference, inputs))
         ref_nll -= float(lp_ref[np.arange(len(targets)), targets].sum())
@@ -185,15 +192,30 @@ def score_builds(model_dir: Path, builds: dict[str, tuple[Path, Path]], windows:
         for label, engine in engines.items():
             engine.reset()
             scores[label].add(lp_ref, _log_softmax(engine.logits_all(inputs)), targets)
-        if (index + 1) % 10 == 0 or index + 1 == len(windows):
+        if index == 0 and finish_by is not None:
+            fitted = fit_windows(windows, time.perf_counter() - start, finish_by - time.time())
+            if len(fitted) < len(windows):
+                windows = fitted
+                _progress(f"time left for {len(windows)} windows (evenly spaced) before --finish-by")
+        index += 1
+        if index % 10 == 0 or index == len(windows):
             elapsed = time.perf_counter() - start
-            _progress(f"scored {index + 1}/{len(windows)} windows × {len(engines)} builds, "
-                      f"about {elapsed / (index + 1) * (len(windows) - index - 1):.0f} s left")
+            _progress(f"scored {index}/{len(windows)} windows × {len(engines)} builds, "
+                      f"about {elapsed / index * (len(windows) - index):.0f} s left")
     del engines, reference
     gc.collect()
     reference_ppl = math.exp(ref_nll / tokens)
-    return {"reference_perplexity": reference_ppl, "tokens": tokens,
+    return {"reference_perplexity": reference_ppl, "tokens": tokens, "windows": len(windows),
             "builds": {label: score.summary(reference_ppl) for label, score in scores.items()}}
+
+
+def fit_windows(windows: list, seconds_per_window: float, seconds_left: float) -> list:
+    """The windows, evenly spaced over all of them and starting with the first (already scored), that
+    fit in ``seconds_left`` at ``seconds_per_window``; at least two, so that an interval exists."""
+    fit = int(seconds_left / max(seconds_per_window, 1e-9)) + 1
+    if fit >= len(windows):
+        return list(windows)
+    return [windows[int(i)] for i in np.linspace(0, len(windows) - 1, max(2, fit)).round()]
 
 
 def build_check(model_dir: Path, weights: Path, lib: Path, fmt: str, ids: list[int]) -> float:
@@ -251,7 +273,7 @@ def goals(rows: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str, s
         (method, _), v = q4
         kl_ratio, ppl_ratio = v["kl_mean"] / rtn["kl_mean"], v["delta_ppl_pct"] / rtn["delta_ppl_pct"]
         out.append((f"best calibrated q4f16_0 ({method}) ≤ ½ RTN q4f16_0: mean KL", "≤ 50 %",
-                    f"{kl_ratio:.0%} ({v['kl_mean']:.4f} vs {rtn['kl_mean']:.4f})", "met" if kl_ratio <= 0.5 else "not met"))
+                    f"{kl_ratio:.0%} ({v['kl_mean']:.5f} vs {rtn['kl_mean']:.5f})", "met" if kl_ratio <= 0.5 else "not met"))
         noise = (f"; RTN's own interval [{rtn['delta_ppl_pct_ci95'][0]:+.2f}, {rtn['delta_ppl_pct_ci95'][1]:+.2f}] % "
                  "includes 0, so this is within noise" if rtn.get("delta_ppl_pct_ci95", [1])[0] <= 0 else "")
         out.append((f"best calibrated q4f16_0 ({method}) ≤ ½ RTN q4f16_0: Δ perplexity", "≤ 50 %",
@@ -266,7 +288,7 @@ def goals(rows: dict[tuple[str, str], dict[str, Any]]) -> list[tuple[str, str, s
         ok = v["kl_mean"] <= rtn["kl_mean"] and v["delta_ppl_pct"] <= rtn["delta_ppl_pct"]
         out.append((f"best calibrated 3-bit ({method} {fmt}) no worse than RTN q4f16_0",
                     "mean KL and Δ perplexity ≤ RTN q4f16_0's",
-                    f"KL {v['kl_mean']:.4f} vs {rtn['kl_mean']:.4f}; Δ {v['delta_ppl_pct']:+.2f} % vs {rtn['delta_ppl_pct']:+.2f} %",
+                    f"KL {v['kl_mean']:.5f} vs {rtn['kl_mean']:.5f}; Δ {v['delta_ppl_pct']:+.2f} % vs {rtn['delta_ppl_pct']:+.2f} %",
                     "met" if ok else "not met"))
     checked = [(k, v) for k, v in rows.items() if calibrated(k[0])]
     if not checked:
@@ -296,7 +318,7 @@ def render(results: dict[str, Any]) -> str:
     for r in results["rows"]:
         low, high = r["delta_ppl_pct_ci95"]
         table.append([f"`{r['method']}`", f"`{r['format']}`", f"{r['perplexity']:.3f}",
-                      f"{r['delta_ppl_pct']:+.2f} % [{low:+.2f}, {high:+.2f}]", f"{r['kl_mean']:.4f}",
+                      f"{r['delta_ppl_pct']:+.2f} % [{low:+.2f}, {high:+.2f}]", f"{r['kl_mean']:.5f}",
                       f"{r['kl_p99']:.3f}", f"{r['top1']:.2%}", f"{r['bits_per_param']:.3f}", f"{r['convert_seconds']:.1f} s",
                       f"{r['check_max_rel_error']:.1e}"])
     stand_in = results.get("stand_in")
@@ -310,7 +332,7 @@ def render(results: dict[str, Any]) -> str:
     missing = list(results["missing"])
     if results["windows"] < results["all_windows"]:
         missing.append(f"scored {results['windows']} of the held-out split's {results['all_windows']} windows "
-                       "(`--max-windows`): the intervals are wider than a full run's")
+                       "(`--max-windows` or `--finish-by`): the intervals are wider than a full run's")
     built = sorted({r.get("built_at", "?") for r in results["rows"]})
     notes = "\n".join(f"- {line}" for line in missing) if missing else "- none"
     goal_rows = [list(g) for g in goals(rows)]
@@ -348,7 +370,7 @@ the recipe measured it in torch: {stats['heldout_perplexity_fp32_of_fp16_weights
 ## Every method × format on the held-out split
 
 {_table(["method", "format", "perplexity", "Δ perplexity [95 % interval]", "mean KL", "p99 KL", "top-1",
-         "bits/param", "conversion", "build check"], table)}
+         "bits/param", "conversion (shared machine)", "build check"], table)}
 
 Reference: the float32 perplexity above. Δ perplexity is exp(mean per-token NLL difference) − 1 with its
 interval over windows; KL is KL(float32 ‖ build) per token in nats; top-1 is the fraction of positions where
@@ -384,7 +406,7 @@ benchmark wall time {results['total_seconds'] / 60:.1f} min.
 
 
 def run(methods: list[str], formats: list[str], *, work: Path, text: Path | None, max_windows: int | None,
-        check: bool, fresh: bool = False) -> dict[str, Any]:
+        check: bool, fresh: bool = False, finish_by: float | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     info = machine.describe(REPO, work)
@@ -429,14 +451,27 @@ def run(methods: list[str], formats: list[str], *, work: Path, text: Path | None
     all_windows = len(windows)
     if max_windows is not None and max_windows < all_windows:  # evenly spaced over the whole split
         windows = [windows[int(i)] for i in np.linspace(0, all_windows - 1, max_windows).round()]
-    scored = score_builds(model_dir, builds, windows)
+    scored = score_builds(model_dir, builds, windows, finish_by)
     for row in rows:
         row.update(scored["builds"][f"{row['method']}/{row['format']}"])
     return {"machine": info, "model": stats, "model_dir": str(model_dir), "rows": rows, "missing": missing,
-            "reference_perplexity": scored["reference_perplexity"], "tokens": scored["tokens"], "windows": len(windows),
+            "reference_perplexity": scored["reference_perplexity"], "tokens": scored["tokens"], "windows": scored["windows"],
             "all_windows": all_windows,
             "stand_in": stand_in_rtn_row(), "load_at_end": machine.load(),
             "total_seconds": time.perf_counter() - start}
+
+
+def _utc_today(hh_mm: str) -> float:
+    """``HH:MM`` UTC today (tomorrow if already past) as a ``time.time()``."""
+    import datetime as dt
+
+    try:
+        hour, minute = (int(part) for part in hh_mm.split(":"))
+        now = dt.datetime.now(dt.timezone.utc)
+        at = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError as error:
+        raise UserError(f"--finish-by {hh_mm!r}: give a UTC time as HH:MM ({error}).") from error
+    return (at if at > now else at + dt.timedelta(days=1)).timestamp()
 
 
 def _encoder(model_dir: Path):
@@ -459,11 +494,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="convert and check every build again (default: reuse builds an earlier run recorded)")
     parser.add_argument("--results", type=Path, default=None,
                         help="markdown output (default: benchmarks/QUALITY.md for a full run, else benchmarks/work/)")
+    parser.add_argument("--finish-by", default=None, metavar="HH:MM",
+                        help="UTC time to finish by: score as many evenly spaced windows as fit (default: no limit)")
     args = parser.parse_args(argv)
     methods = args.methods.split(",") if args.methods else available_methods()
     try:
         results = run(methods, args.formats.split(","), work=args.work, text=args.text,
-                      max_windows=args.max_windows, check=not args.no_check, fresh=args.fresh)
+                      max_windows=args.max_windows, check=not args.no_check, fresh=args.fresh,
+                      finish_by=_utc_today(args.finish_by) if args.finish_by else None)
     except UserError as error:
         print(f"hf2mlc: {error}", file=sys.stderr)
         return 2

@@ -260,6 +260,7 @@ def package_spec(wildcards):
             upload_repo(wildcards.model, wildcards.device) if wildcards.device in config["upload"]["devices"] else None
         ),
         quality_gate=spec["targets"][wildcards.device].get("quality_gate"),
+        method=device_method(wildcards.model, wildcards.device),
     ).as_params()
 
 

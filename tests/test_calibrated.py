@@ -454,3 +454,52 @@ def test_workflow_plans_calibrated_weights_for_a_device_and_refuses_two_methods_
     config_path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     proc = snakemake(work, "--dry-run", "iphone_bundle", check=False)
     assert proc.returncode != 0 and "must share its method" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("variant", ["line", "pythia"])
+def test_embedding_fisher_equals_transformers_autograd(tiny, variant):
+    """The streamed, layer-by-layer recomputed gradient at the embedding's output against transformers'
+    own backward pass of the next-token loss; and GPTQ with it beats the plain search on the loss's
+    second-order change ``Σ_rows δ F δᵀ`` of the quantized embedding."""
+    from hf2mlc.quantization.calibration import embedding_fisher, embedding_plan
+    from hf2mlc.reference import CheckpointWeights
+
+    model_dir = tiny[variant]
+    config = GPTNeoXConfig.from_file(model_dir)
+    rng = np.random.default_rng(7)
+    segments = [rng.integers(0, 128, n).astype(np.int64) for n in (24, 17, 30)]
+    weights = CheckpointWeights(model_dir, config)
+    try:
+        fisher = embedding_fisher(config, weights, segments)
+        embed = weights("gpt_neox.embed_in.weight")
+    finally:
+        weights.close()
+    model = load_reference(model_dir)
+    grads, targets = [], 0
+    for seg in segments:
+        captured = {}
+        handle = model.gpt_neox.embed_in.register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
+        logits = model(input_ids=torch.from_numpy(seg)[None], use_cache=False).logits[0]
+        handle.remove()
+        loss = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(seg[1:]), reduction="sum")
+        grads.append(torch.autograd.grad(loss, captured["x"])[0][0].double().numpy())
+        targets += len(seg) - 1
+    g = np.concatenate(grads)
+    want = g.T @ g / targets
+    assert fisher.shape == (config.hidden_size, config.hidden_size) and fisher.dtype == np.float32
+    np.testing.assert_allclose(fisher, want, rtol=2e-3, atol=2e-4 * np.abs(want).max())
+
+    stats = CalibrationStats(hessians=True)
+    assert embedding_plan(stats) is None  # no Fisher: the embedding keeps the plain search
+    stats.embedding_fisher = fisher
+    plan = embedding_plan(stats)
+    q = get_quantization("q3f16_1")
+    codes, scale = gptq(embed, plan.hessian, q)
+
+    def loss_change(decoded):
+        d = embed.astype(np.float64) - decoded
+        return float(np.einsum("vi,ij,vj->", d, want, d))
+
+    searched, compensated = loss_change(decode(*search_scales(embed, q), q)), loss_change(decode(codes, scale, q))
+    print(f"{variant}: embedding δFδᵀ, GPTQ with the Fisher / plain search = {compensated / searched:.3f}")
+    assert compensated < 0.8 * searched

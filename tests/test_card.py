@@ -16,6 +16,7 @@ SETTINGS = {
     "source": "hf://line-corporation/japanese-large-lm-3.6b-instruction-sft@main",
     "family": "line",
     "quantization": "q4f16_1",
+    "method": "gptq",
     "context_window_size": 768,
     "prefill_chunk_size": 256,
 }

@@ -123,3 +123,14 @@ def test_goals_are_marked_met_or_not() -> None:
     assert check == "met"  # the control's 0.5 is not a calibrated build
     only_rtn = quality.goals({("rtn", "q4f16_0"): _row(0.04, 4.0)})
     assert [g[3] for g in only_rtn] == ["not measured"] * 3
+
+
+def test_fit_windows_keeps_the_first_and_spreads_the_rest() -> None:
+    windows = list(range(49))
+    assert quality.fit_windows(windows, 80.0, 49 * 80.0) == windows
+    fitted = quality.fit_windows(windows, 80.0, 14 * 80.0 + 1)  # the first, scored, plus 14 more
+    assert len(fitted) == 15 and fitted[0] == 0 and fitted[-1] == 48
+    assert len(set(fitted)) == 15 and sorted(fitted) == fitted
+    gaps = np.diff(fitted)
+    assert gaps.max() - gaps.min() <= 1  # evenly spaced
+    assert quality.fit_windows(windows, 80.0, 0.0) == [0, 48]  # never fewer than two

@@ -139,7 +139,8 @@ def model_card(
         f"---\n{front}---\n",
         f"# {settings['model_id']}\n",
         f"{settings['name']} converted to [MLC LLM](https://llm.mlc.ai) format for **{settings['device']}**, "
-        f"quantization `{settings['quantization']}`, from {_origin(settings['source'], source_commit)}.\n",
+        f"quantization `{settings['quantization']}` (codes and scales by `{settings['method']}`), "
+        f"from {_origin(settings['source'], source_commit)}.\n",
         "Built by hf2mlc — a Snakemake workflow on apache-tvm from PyPI — with MLC LLM's "
         "formats as the contract: `tensor-cache.json` + `params_shard_*.bin` weights, `mlc-chat-config.json`, "
         "the tokenizer files, and a model library compiled for the device (`lib/`). The commit that added these "

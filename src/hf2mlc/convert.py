@@ -49,6 +49,7 @@ from .quantization.calibration import (
     collect_statistics,
     load_calibration_text,
     plan_layer,
+    embedding_plan,
     quantize_planned,
 )
 from .quantization.group import quantize_embedding, quantize_linear, quantize_rows_fast
@@ -152,8 +153,9 @@ class _CalibratedLayers:
     def load(self, job: _Job) -> tuple[np.ndarray, _Calibrated]:
         module = _module(job)
         key = _plan_key(module)
-        if key is None:
-            return self.reader.read(job.source, reorder=job.reorder_qkv), _Calibrated(self.method, None, self.errors)
+        if key is None:  # the input embedding (or a tensor that is not quantized)
+            return self.reader.read(job.source, reorder=job.reorder_qkv), _Calibrated(
+                self.method, embedding_plan(self.stats) if module == "gpt_neox.embed_in" else None, self.errors)
         if key != self._key:
             self._tensors, self._plans = {}, {}  # drop the previous layer first
             tensors = {name: self.reader.read(name).astype(np.float32) for name in self._names(key)}

@@ -224,6 +224,9 @@ class PackageSpec:
     hub_repo: str | None = None
     #: The device's ``quality_gate`` bounds (hf2mlc.gate); None: no gate.
     quality_gate: dict[str, float] | None = None
+    #: How the bundle's codes and scales were chosen (hf2mlc.quantization.METHODS): the model id names only
+    #: the format, so the manifest and the card say which method made the weights.
+    method: str = "rtn"
 
     def __post_init__(self) -> None:
         if not self.bundle_weight and not self.hub_repo:

@@ -151,6 +151,9 @@ def collect_statistics(model_dir: Path, text: CalibrationText, *, hessians: bool
     try:
         hidden = final_hidden_states(config, weights, text.segments, observe=observe)
         stats.observe(HEAD_LAYER, HEAD, hidden)
+        del hidden
+        if hessians:
+            stats.embedding_fisher = embedding_fisher(config, weights, text.segments)
     except BaseException:
         stats.close()
         raise
@@ -159,6 +162,53 @@ def collect_statistics(model_dir: Path, text: CalibrationText, *, hessians: bool
         bar.close()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def embedding_fisher(config: GPTNeoXConfig, weights, segments: list[np.ndarray]) -> np.ndarray:
+    """``E[g gᵀ]`` [H, H] (float32) of the language-model loss gradient ``g`` at the embedding's output.
+
+    The input embedding has no input activations to weigh its errors by (its rows are gathered), yet at
+    3 bits it is the largest source of error when quantized plainly.  An error ``δ`` in a token's row
+    raises the loss by about ``½ δᵀ F δ`` wherever the token occurs (Fisher's approximation of the
+    Hessian), so GPTQ with ``F`` in place of ``XᵀX`` compensates each row's error across its channels.
+    The gradient is streamed like the forward pass: the residual stream entering each layer is kept
+    (tokens × hidden per layer), then each layer's forward is recomputed with autograd from the top down,
+    one layer's weights in memory at a time.
+    """
+    import torch
+
+    from ..reference import _layer, _param, _rotary_tables
+
+    f = torch.nn.functional
+    ids = np.concatenate([np.asarray(a, np.int64).reshape(-1) for a in segments])
+    positions = np.concatenate([np.arange(len(a)) for a in segments])
+    bounds = np.concatenate([[0], np.cumsum([len(a) for a in segments])])
+    spans = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(segments))]
+    # Next-token targets inside each segment; a segment's last position has none.
+    targets = np.full(ids.size, -100, np.int64)
+    for s0, s1 in spans:
+        targets[s0:s1 - 1] = ids[s0 + 1:s1]
+    cos, sin = _rotary_tables(config, torch.from_numpy(positions))
+    inputs = []
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(weights("gpt_neox.embed_in.weight")[ids]))
+        for layer in range(config.num_hidden_layers):
+            inputs.append(x)
+            x = _layer(config, weights, layer, x, cos, sin, spans, None, None)
+    x = x.detach().requires_grad_(True)
+    w, b = _param(weights, "gpt_neox.final_layer_norm")
+    head = torch.from_numpy(weights("embed_out.weight"))
+    loss = f.cross_entropy(f.layer_norm(x, (config.hidden_size,), w, b, config.layer_norm_eps) @ head.t(),
+                           torch.from_numpy(targets), ignore_index=-100, reduction="sum")
+    (grad,) = torch.autograd.grad(loss, x)
+    del head, loss
+    for layer in reversed(range(config.num_hidden_layers)):
+        x = inputs.pop().requires_grad_(True)
+        out = _layer(config, weights, layer, x, cos, sin, spans, None, None)
+        (grad,) = torch.autograd.grad(out, x, grad)
+        del out, x
+    g = grad.numpy()
+    return (g.T @ g / np.float32(max(1, int((targets >= 0).sum())))).astype(np.float32)
 
 
 class CalibrationStats:
@@ -175,6 +225,8 @@ class CalibrationStats:
         self._count: dict[tuple[int, str], int] = {}
         self._chunks: dict[tuple[int, str], list[Path]] = {}
         self.seconds = 0.0  # of the forward pass that filled these statistics
+        #: For GPTQ: the loss's Fisher at the embedding's output (:func:`embedding_fisher`), or None.
+        self.embedding_fisher: np.ndarray | None = None
         self._own_spool = hessians and spool_dir is None
         self._spool = Path(tempfile.mkdtemp(prefix="hf2mlc-calib-")) if self._own_spool else spool_dir
         if hessians and self._spool is not None:
@@ -318,18 +370,26 @@ def plan_layer(
     return out, plans
 
 
+def embedding_plan(stats: CalibrationStats) -> LinearPlan | None:
+    """The input embedding's plan: GPTQ with the loss's Fisher (:func:`embedding_fisher`) when the
+    statistics hold it, else None (the scale search, every element weighted the same)."""
+    fisher = stats.embedding_fisher
+    return None if fisher is None else LinearPlan(np.diagonal(fisher).astype(np.float64), fisher)
+
+
 def quantize_planned(
     weight: np.ndarray, plan: LinearPlan | None, method: Method, q: Quantization, *, embedding: bool = False
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """One calibrated tensor: ``(q_weight, q_scale)`` in the format's layout, and its relative error.
 
-    The error is ``Σ d (w - ŵ)² / Σ d w²`` with ``d`` the mean squared input per channel (uniform for
-    the embedding), ``ŵ`` what the decoder will produce; AWQ's factors cancel out of it, so it reads as
-    the share of the linear's output energy lost (for uncorrelated inputs), comparable across methods.
+    The error is ``Σ d (w - ŵ)² / Σ d w²`` with ``d`` the mean squared input per channel (for the
+    embedding: uniform, or the Fisher's diagonal), ``ŵ`` what the decoder will produce; AWQ's factors
+    cancel out of it, so it reads as the share of the linear's output energy lost (for uncorrelated
+    inputs), comparable across methods.
     """
     weight = np.asarray(weight, np.float32)
     importance = None if plan is None else plan.importance
-    if plan is None:  # the input embedding: rows are gathered, every element counts the same
+    if plan is None:  # the input embedding without a Fisher: every element counts the same
         codes, scale = search_scales(weight, q)
     elif method.gptq:
         codes, scale = gptq(weight, plan.hessian, q, max_columns=GPTQ_MAX_COLUMNS)
