@@ -250,8 +250,10 @@ def stand_in_rtn_row(results_md: Path = RESULTS_MD) -> dict[str, str] | None:
         if line.startswith("| `q4f16_0` hf2mlc (fast path)"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             date = re.search(r"^\| date \| (.+?) \|$", text, flags=re.M)
+            runs = re.search(r"\(runs: (.*)\)", cells[1])
             return {"wall": re.sub(r"\*\*|\s*\(runs:.*\)", "", cells[1]), "peak_rss": cells[4],
-                    "bits_per_param": cells[6], "date": date.group(1) if date else "?"}
+                    "bits_per_param": cells[6], "date": date.group(1) if date else "?",
+                    "runs": len(runs.group(1).split(",")) if runs else 1}
     return None
 
 
@@ -325,8 +327,9 @@ def render(results: dict[str, Any]) -> str:
     stand_in_text = (
         f"| `rtn` | `q4f16_0` | 3.6B LINE-shaped stand-in (`benchmarks/synthetic.py`, random weights: no quality) "
         f"| {stand_in['wall']} | {stand_in['peak_rss']} | {stand_in['bits_per_param']} |\n\n"
-        f"From [RESULTS.md](RESULTS.md) (`python benchmarks/run.py`, measured {stand_in['date']}; median of 3 runs, "
-        "each in a fresh process, checkpoint in the page cache)."
+        f"From [RESULTS.md](RESULTS.md) (`python benchmarks/run.py`, measured {stand_in['date']}; "
+        + (f"median of {stand_in['runs']} runs, each" if stand_in.get("runs", 1) > 1 else "one run,")
+        + " in a fresh process, checkpoint in the page cache)."
         if stand_in else "RESULTS.md has no q4f16_0 conversion row: run `python benchmarks/run.py`."
     )
     missing = list(results["missing"])
