@@ -88,8 +88,8 @@ def test_unknown_gate_key_is_refused() -> None:
 
 
 def _card(verdict: dict | None) -> str:
-    settings = {"source": "demo", "quantization": "q4f16_0", "device": "iphone", "model_id": "demo-q4f16_0-MLC",
-                "name": "demo", "family": "line"}
+    settings = {"source": "demo", "quantization": "q4f16_0", "method": "rtn", "device": "iphone",
+                "model_id": "demo-q4f16_0-MLC", "name": "demo", "family": "line"}
     chat = {"conv_template": {"name": "line"}, "context_window_size": 768, "prefill_chunk_size": 256,
             "model_config": {"ffn_out_dtype": "float32"}, "hf2mlc": {"hf2mlc": "0"}}
     return model_card(settings=settings, chat_config=chat, evaluation=REPORT, source_metadata={"license": "apache-2.0"},
