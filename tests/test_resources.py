@@ -10,7 +10,7 @@ import pytest
 
 from hf2mlc import demo
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
-from hf2mlc.model.gpt_neox.params import param_specs
+from hf2mlc.model.gpt_neox.params import param_specs, parameter_count
 from hf2mlc.quantization import get_quantization
 from hf2mlc.resources import (
     DEMO_PARAMETERS,
@@ -19,7 +19,6 @@ from hf2mlc.resources import (
     MODEL_SIZED_RULES,
     mem_mb,
     mem_mb_for_model,
-    parameter_count,
 )
 
 

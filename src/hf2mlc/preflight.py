@@ -93,7 +93,7 @@ def checkpoint_tensors(model_dir: Path) -> tuple[int, list[Path]] | None:
 
 def check_checkpoint(model_dir: Path, *, where: str) -> tuple[GPTNeoXConfig, int]:
     """config.json valid and consistent with the tensors on disk; returns (config, parameters stored)."""
-    from .resources import checkpoint_parameter_count
+    from .model.gpt_neox.params import checkpoint_parameter_count
 
     model_dir = Path(model_dir)
     config = GPTNeoXConfig.from_file(model_dir)
@@ -130,7 +130,7 @@ def check_memory(params: int, *, where: str, stages: Iterable[str] | None = None
                  memory: tuple[int, int] | None = None) -> None:
     """Refuse a stage whose memory request (:func:`hf2mlc.resources.mem_mb`, what a scheduler is asked
     for) exceeds the machine's memory; warn when it exceeds what is free. ``params``: the library's
-    parameter count (:func:`hf2mlc.resources.parameter_count`).
+    parameter count (:func:`hf2mlc.model.gpt_neox.params.parameter_count`).
 
     The request is the measured peak plus headroom, so only a model that cannot fit this machine at all is
     refused; one that needs memory now in use by others is a warning.
@@ -157,7 +157,7 @@ def check_memory(params: int, *, where: str, stages: Iterable[str] | None = None
 
 def check_model_dir(model_dir: Path, *, where: str, stages: Iterable[str] | None = None) -> GPTNeoXConfig:
     """Every check of a checkpoint on disk: config.json types and ranges, size against headers, memory."""
-    from .resources import parameter_count
+    from .model.gpt_neox.params import parameter_count
 
     config, _stored = check_checkpoint(model_dir, where=where)
     check_memory(parameter_count(config), where=where, stages=stages)

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from .model.gpt_neox.config import GPTNeoXConfig
+from .model.gpt_neox.params import parameter_count
 
 #: Parameters of the two measured models (tests/test_resources.py counts them from their configs): the
 #: embedded demo (hidden 128, 2 layers, vocab 1024, tied)
@@ -53,21 +54,6 @@ HEADROOM = 1.25
 MIB_PER_MB = 2**20 / 1e6
 #: The rules whose peak grows with the model: those the DAG-time memory check weighs.
 MODEL_SIZED_RULES = tuple(rule for rule, (small, large) in MEASURED_PEAK_MIB.items() if small != large)
-
-
-def checkpoint_parameter_count(config: GPTNeoXConfig) -> int:
-    """The parameters config.json implies a checkpoint stores (a tied head once), computed, never enumerated:
-    the enumeration could itself be the allocation the DAG-time check of a wrong config.json exists to prevent."""
-    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-    per_layer = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (h * i + h)
-    return v * h + config.num_hidden_layers * per_layer + 2 * h + (0 if config.tie_word_embeddings else v * h)
-
-
-def parameter_count(config: GPTNeoXConfig) -> int:
-    """The parameters the library reads (unquantized): what a job holds in memory, the tied head included
-    (MLC's parameter set holds it as its own tensor)."""
-    tied_head = config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0
-    return checkpoint_parameter_count(config) + tied_head
 
 
 def mem_mb(rule: str, parameters: int) -> int:

@@ -58,7 +58,6 @@ class GPTNeoXCheckpoint(HuggingFaceWeights):
         return f"{name!r} (nor {name.removeprefix('gpt_neox.')!r})"
 
 
-
 def expected_source_shapes(config: GPTNeoXConfig) -> dict[str, tuple[int, ...]]:
     """The Hugging Face shape of every tensor MLC's GPT-NeoX is built from (canonical names)."""
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size

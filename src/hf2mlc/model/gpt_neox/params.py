@@ -106,3 +106,19 @@ def param_specs(config: GPTNeoXConfig, quantization: Quantization, *, ffn_out_dt
         out = [ParamSpec("embed_out.weight", (vocab, hidden), dtype, "embed_out.weight", "cast")]
     specs += [dataclasses.replace(s, source=embed_out_source) for s in out]
     return specs
+
+
+def checkpoint_parameter_count(config: GPTNeoXConfig) -> int:
+    """The parameters config.json implies a checkpoint stores (a tied head once), computed, never enumerated:
+    the enumeration could itself be the allocation the DAG-time check of a wrong config.json exists to prevent.
+    It lives beside :func:`param_specs` because it must equal that enumeration (tests/test_resources.py)."""
+    h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    per_layer = 4 * h + (3 * h * h + 3 * h) + (h * h + h) + (i * h + i) + (h * i + h)
+    return v * h + config.num_hidden_layers * per_layer + 2 * h + (0 if config.tie_word_embeddings else v * h)
+
+
+def parameter_count(config: GPTNeoXConfig) -> int:
+    """The parameters the library reads (unquantized): what a job holds in memory, the tied head included
+    (MLC's parameter set holds it as its own tensor)."""
+    tied_head = config.vocab_size * config.hidden_size if config.tie_word_embeddings else 0
+    return checkpoint_parameter_count(config) + tied_head
