@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import math
 import os
 import re
 import resource
@@ -163,17 +164,6 @@ STAND_IN_TOKENIZER = ("tokenizers", "code10K_en20K_ja30K.ver2.2.model")
 STAND_IN_ID = "line-3.6b-synthetic"
 
 
-def shared_data(repo: Path) -> Path:
-    """Where the real files nobody here wrote are kept (the tests' rule: ../shared/data beside the checkout)."""
-    env = os.environ.get("HF2MLC_SHARED_DATA")
-    if env:
-        return Path(env)
-    for parent in repo.resolve().parents:  # a worktree may sit one level deeper than the checkout
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    return repo.parent / "shared" / "data"
-
-
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -232,19 +222,22 @@ def stand_in_config(repo: Path, source: Path, *, max_tokens: int) -> dict[str, A
 
 
 def benchmark_tables(results: Path) -> list[dict[str, Any]]:
-    """Every job's row of its rule's ``benchmark:`` TSV (results/benchmarks/<rule>/<wildcards>.tsv):
-    wall seconds and Snakemake's max_rss (MB), in the order the jobs finished."""
+    """Every job's row of its rule's ``benchmark:`` TSV (results/benchmarks/<rule>/<wildcards>.tsv), as the
+    workflow's own summary reads them (hf2mlc.summary): wall seconds, Snakemake's max_rss (MB) and CPU
+    seconds, in the order the jobs finished."""
+    from hf2mlc.summary import read_benchmarks
+
+    root = results / "benchmarks"
+    frame = read_benchmarks(root).dropna(subset=["wall_s"])  # a header-only file: no run recorded
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else float(value)
+
     rows = []
-    for path in sorted((results / "benchmarks").rglob("*.tsv"), key=lambda p: p.stat().st_mtime):
-        lines = path.read_text(encoding="utf-8").strip().splitlines()
-        if len(lines) < 2:
-            continue
-        values = dict(zip(lines[0].split("\t"), lines[-1].split("\t")))
-        rel = path.relative_to(results / "benchmarks").with_suffix("")
-        rss = values.get("max_rss", "NA")
-        rows.append({"rule": rel.parts[0], "job": "/".join(rel.parts[1:]), "seconds": float(values["s"]),
-                     "max_rss_mb": None if rss in ("NA", "-", "") else float(rss),
-                     "cpu_seconds": float(values["cpu_time"]) if values.get("cpu_time", "NA") not in ("NA", "-") else None})
+    for row in sorted(frame.itertuples(), key=lambda r: (root / f"{r.job}.tsv").stat().st_mtime):
+        rule, _, job = row.job.partition("/")
+        rows.append({"rule": rule, "job": job, "seconds": float(row.wall_s), "max_rss_mb": number(row.max_rss_mib),
+                     "cpu_seconds": number(row.cpu_s)})
     return rows
 
 
@@ -294,7 +287,9 @@ def measure_line(repo: Path, work: Path, checkpoint: Path, *, max_tokens: int, c
     sync_workflow(repo, work)
     for name in ("results", ".snakemake"):
         shutil.rmtree(work / name, ignore_errors=True)
-    source = stand_in_source(checkpoint, shared_data(repo).joinpath(*STAND_IN_TOKENIZER), work / "model")
+    from hf2mlc.demo_variants import shared_data_dir  # ../shared/data beside the checkout, or HF2MLC_SHARED_DATA
+
+    source = stand_in_source(checkpoint, shared_data_dir().joinpath(*STAND_IN_TOKENIZER), work / "model")
     (work / "config" / "config.yaml").write_text(
         yaml.safe_dump(stand_in_config(repo, source, max_tokens=max_tokens), allow_unicode=True, sort_keys=False),
         encoding="utf-8")
