@@ -215,7 +215,13 @@ def fit_windows(windows: list, seconds_per_window: float, seconds_left: float) -
     fit = int(seconds_left / max(seconds_per_window, 1e-9)) + 1
     if fit >= len(windows):
         return list(windows)
-    return [windows[int(i)] for i in np.linspace(0, len(windows) - 1, max(2, fit)).round()]
+    return evenly_spaced(windows, max(2, fit))
+
+
+def evenly_spaced(windows: list, count: int) -> list:
+    """``count`` of ``windows`` spread over all of them, the first and the last included: a subset whose
+    scores stand for the whole split, not for its beginning."""
+    return [windows[int(i)] for i in np.linspace(0, len(windows) - 1, count).round()]
 
 
 def build_check(model_dir: Path, weights: Path, lib: Path, fmt: str, ids: list[int]) -> float:
@@ -453,7 +459,7 @@ def run(methods: list[str], formats: list[str], *, work: Path, text: Path | None
     windows = quality_model.eval_windows(ids)
     all_windows = len(windows)
     if max_windows is not None and max_windows < all_windows:  # evenly spaced over the whole split
-        windows = [windows[int(i)] for i in np.linspace(0, all_windows - 1, max_windows).round()]
+        windows = evenly_spaced(windows, max_windows)
     scored = score_builds(model_dir, builds, windows, finish_by)
     for row in rows:
         row.update(scored["builds"][f"{row['method']}/{row['format']}"])
