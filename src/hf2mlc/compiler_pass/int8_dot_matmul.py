@@ -93,9 +93,9 @@ def _digits(xq, m, word, slot):
 
 
 @T.macro
-def _quantize_activations(x, xq, x_offset, x_scale, rows, d1, groups):
+def _quantize_row(x, xq, x_offset, x_scale, m, d1, groups):
     # xq[m, word, slot, byte]: slots 0/1 the high digits of the word's even/odd codes, 2/3 the low ones
-    for m, g in T.grid(rows, groups):
+    for g in range(groups):
         with T.sblock("quantize_activations"):
             T.reads(x[m // d1, m % d1, g * _GROUP : g * _GROUP + _GROUP])
             T.writes(xq[m, g * _WORDS : g * _WORDS + _WORDS, 0:4, 0:4], x_offset[m, g], x_scale[m, g])
@@ -173,7 +173,7 @@ def _one_row_kernel(k: int, n: int, x_dtype: str, out_dtype: str) -> tirx.PrimFu
         x_offset = T.sblock_alloc_buffer((1, groups), "float32")
         x_scale = T.sblock_alloc_buffer((1, groups), "float32")
         partial = T.sblock_alloc_buffer((slices, n), "float32")
-        _quantize_activations(x, xq, x_offset, x_scale, 1, 1, groups)
+        _quantize_row(x, xq, x_offset, x_scale, 0, 1, groups)
         for s in T.parallel(slices):
             with T.sblock("int8_dot_slice"):
                 T.reads(
@@ -235,7 +235,8 @@ def _rows_kernel(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: 
         xq = T.sblock_alloc_buffer((rows(d0, d1), words, 4, 4), "int8")
         x_offset = T.sblock_alloc_buffer((rows(d0, d1), groups), "float32")
         x_scale = T.sblock_alloc_buffer((rows(d0, d1), groups), "float32")
-        _quantize_activations(x, xq, x_offset, x_scale, rows(d0, d1), d1, groups)
+        for m in T.parallel(rows(d0, d1)):  # serial, it would hold the other threads for ~8 % of a prefill
+            _quantize_row(x, xq, x_offset, x_scale, m, d1, groups)
         for c in T.parallel(n // chunk):
             with T.sblock(BLOCK):
                 T.reads(

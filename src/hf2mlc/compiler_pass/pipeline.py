@@ -16,6 +16,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from ..quantization import Quantization
+from .cpu_gelu import CPU_LEGALIZE
 from .cpu_schedule import ScheduleCPUMatmul
 from .engine_functions import AttachEngineFunctions
 from .int8_dot_matmul import ReplaceDequantizeMatmul
@@ -97,7 +98,7 @@ def model_pipeline(
             FuseTransposeMatmul(),
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps() if gpu else relax.transform.LegalizeOps(customize_legalize_map=CPU_LEGALIZE),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),

@@ -1,4 +1,5 @@
-"""The host's int8-dot q4f16_0 kernel against numpy, and its error against the bound it claims.
+"""The host's CPU kernels: the int8-dot q4f16_0 matmul against numpy and the error bound it claims,
+and GELU with the polynomial erf against ``math.erf``.
 
 The kernel writes each group of 32 activations as ``d * (h + l / 254)`` with ``d = max|x| / 127``, so
 each activation is off by at most ``d / 508`` and an output by at most ``sum_k |w_k| * d_g(k) / 508``
@@ -7,20 +8,24 @@ each activation is off by at most ``d / 508`` and an output by at most ``sum_k |
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import tvm
-from tvm import tirx
+from tvm import relax, tirx
+from tvm.script import relax as R
 
 from hf2mlc.compile import export_model, make_target
 from hf2mlc.compiler_pass import int8_dot_matmul
+from hf2mlc.compiler_pass.cpu_gelu import CPU_LEGALIZE
 from hf2mlc.compiler_pass.pipeline import model_pipeline
 from hf2mlc.model.gpt_neox.config import GPTNeoXConfig
 from hf2mlc.quantization import get_quantization
 from hf2mlc.quantization.group import quantize_linear
 
 TARGET = make_target("host")
-pytestmark = pytest.mark.skipif(
+needs_vnni = pytest.mark.skipif(
     not int8_dot_matmul.supported(TARGET), reason="this CPU has no AVX-512 VNNI: host builds keep the float kernels"
 )
 Q4 = get_quantization("q4f16_0")
@@ -50,6 +55,7 @@ def _bound(x: np.ndarray, dequantized: np.ndarray) -> np.ndarray:
     return step @ np.abs(dequantized) + 1e-6 * exact
 
 
+@needs_vnni
 @pytest.mark.parametrize(("k", "n", "rows", "symbolic"), [(256, 512, 1, False), (160, 48, 5, True), (64, 192, 37, True)])
 def test_kernel_matches_numpy_within_the_digit_bound(k, n, rows, symbolic):
     rng = np.random.default_rng(k + n + rows)
@@ -70,6 +76,7 @@ def test_kernel_matches_numpy_within_the_digit_bound(k, n, rows, symbolic):
     assert error.max() / np.abs(want).max() < 1e-4
 
 
+@needs_vnni
 def test_float16_output_is_the_rounded_float32_sum():
     rng = np.random.default_rng(7)
     q_weight, q_scale, dequantized = _weights(128, 64, rng)
@@ -90,6 +97,7 @@ def test_unfit_shapes_keep_the_float_kernel():
     assert not int8_dot_matmul.applies(get_quantization("q3f16_0"))
 
 
+@needs_vnni
 def test_q4f16_0_host_build_uses_it_for_every_linear_and_fuses_the_epilogues():
     config = GPTNeoXConfig(
         hidden_size=64, num_attention_heads=4, num_hidden_layers=1, intermediate_size=256, vocab_size=128,
@@ -106,3 +114,35 @@ def test_q4f16_0_host_build_uses_it_for_every_linear_and_fuses_the_epilogues():
     assert matmuls and all(int8_dot_matmul.BLOCK in script for script in matmuls.values()), sorted(matmuls)
     # bias, GELU and residual adds run inside the kernel's function (fused), not as passes of their own
     assert any("gelu" in name for name in matmuls) and any(name.endswith("_add") for name in matmuls)
+
+
+def _gelu_module(dtype: str) -> tvm.IRModule:
+    @tvm.script.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor((4096,), dtype)) -> R.Tensor((4096,), dtype):
+            return R.nn.gelu(x)
+
+    return Module
+
+
+def _run_relax(mod: tvm.IRModule, x: np.ndarray) -> np.ndarray:
+    vm = relax.VirtualMachine(tvm.compile(mod, target=TARGET), tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x, tvm.cpu())).numpy()
+
+
+def test_cpu_gelu_is_erf_gelu_within_float_rounding_and_calls_no_libm():
+    fast = relax.transform.LegalizeOps(customize_legalize_map=CPU_LEGALIZE)(_gelu_module("float32"))
+    assert "erf(" not in fast["gelu"].script()  # no scalar erff call left to block vectorisation
+    x = np.linspace(-8, 8, 4096).astype(np.float32)
+    exact = np.array([v * 0.5 * (1 + math.erf(v / math.sqrt(2))) for v in x.astype(np.float64)])
+    assert np.abs(_run_relax(fast, x) - exact).max() <= 1e-6 * np.abs(x).max()
+
+
+def test_cpu_gelu_in_float16_is_the_stock_lowering_to_one_ulp():
+    x = np.linspace(-8, 8, 4096).astype(np.float16)
+    fast = _run_relax(relax.transform.LegalizeOps(customize_legalize_map=CPU_LEGALIZE)(_gelu_module("float16")), x)
+    stock = _run_relax(relax.transform.LegalizeOps()(_gelu_module("float16")), x)
+    ulp = np.spacing(np.abs(stock)).astype(np.float32)
+    assert np.all(np.abs(fast.astype(np.float32) - stock.astype(np.float32)) <= ulp)
+    assert (fast != stock).mean() < 0.05  # a rounding flip here and there, not a different function
