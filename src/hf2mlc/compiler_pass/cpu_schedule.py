@@ -20,7 +20,9 @@ elementwise epilogue (bias, GELU, residual add, casts: FuseOps puts them in the 
 * Outputs (panels / column tiles) are split across threads, and the epilogue runs right where each
   tile of outputs is finished, vectorised, instead of as separate passes over memory.
 
-The vector width follows the target's ISA (AVX-512: 16 float32 lanes, AVX2: 8), read from the
+On a CPU with AVX-512 VNNI, q4f16_0's matmuls are not scheduled here but replaced before fusion by
+:mod:`.int8_dot_matmul` (4-bit codes times 8-bit activation digits); only their fused epilogue is placed
+here.  The vector width follows the target's ISA (AVX-512: 16 float32 lanes, AVX2: 8), read from the
 target at build time: a host library runs on the machine it was built for.  Anything else is left
 as it is, and a kernel the schedule cannot handle stays unscheduled (correct, just slow): every
 step is checked by TVM, and a refusal only skips the function.
