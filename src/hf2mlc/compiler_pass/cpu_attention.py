@@ -22,6 +22,8 @@ import re
 import tvm
 from tvm import s_tir, tirx
 
+from .rewrite import rewrite_prim_funcs
+
 _BLOCK = "attn"
 
 
@@ -104,14 +106,11 @@ def ParallelCPUAttention(*, inline_rope: bool) -> tvm.transform.Pass:  # noqa: N
 
     @tvm.transform.module_pass(opt_level=0, name="ParallelCPUAttention")
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for g_var, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc) and _find_attn(func.body, []) is not None:
-                new = parallel_attention(fix_rotary_mode(func, int(inline_rope)))
-                if new is not None:
-                    updates[g_var] = new
-        for g_var, func in updates.items():
-            mod[g_var] = func
-        return mod
+        def rewrite(_g_var: tvm.ir.GlobalVar, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+            if _find_attn(func.body, []) is None:
+                return None
+            return parallel_attention(fix_rotary_mode(func, int(inline_rope)))
+
+        return rewrite_prim_funcs(mod, rewrite)
 
     return _pass
