@@ -29,8 +29,12 @@ def _run_variant(tmp: Path, variant: str, family: str) -> Path:
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     # One quantization for both devices: one conversion, one host build and one evaluation serve both.
     targets = {"mac": {"quantization": config["defaults"]["targets"]["iphone"]["quantization"]}}
+    # The demo entry's evaluation size, not the default's (10,000 tokens, the real model's): these tests
+    # check the tokenizer and the bundle, and the evaluation only has to run for the package to be made.
+    (demo,) = [entry for entry in config["models"] if entry["id"] == "demo"]
+    evaluation = {key: demo["evaluation"][key] for key in ("max_tokens", "answer_tokens")}
     config["models"] = [{"id": variant, "source": f"demo:{variant}", "name": f"hf2mlc-demo-{variant}",
-                         "family": family, "targets": targets}]
+                         "family": family, "targets": targets, "evaluation": evaluation}]
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     snakemake(work, "--cores", "2", "iphone_bundle", env={"HF2MLC_SHARED_DATA": str(SHARED_DATA)})
     return work / "results"

@@ -127,14 +127,25 @@ def q4f16_1_run(demo_workflow: dict, tmp_path_factory: pytest.TempPathFactory) -
     the tables and plots made, and Snakemake's HTML report written: what CI checks of the report."""
     import shutil
 
-    from workflow_helpers import snakemake
+    from workflow_helpers import planned_jobs, snakemake
 
     work = tmp_path_factory.mktemp("q4f16_1") / "wf"
     shutil.copytree(demo_workflow["work"], work, symlinks=True, ignore=shutil.ignore_patterns("locks", "incomplete"))
     config = ("--configfile", ".test/config/demo-iphone-q4f16_1.yaml")
+    jobs = planned_jobs(work, "summary", *config)
     run = snakemake(work, "summary", "--cores", "2", *config)
     report = snakemake(work, "summary", "--report", "report.html", *config)
-    return {"work": work, "run": run, "report": report}
+    return {"work": work, "jobs": jobs, "run": run, "report": report}
+
+
+@pytest.mark.slow
+def test_q4f16_1_config_reruns_only_the_iphone_path(q4f16_1_run: dict) -> None:
+    """The test config differs from the demo's entry in the iPhone quantization only: the reference, the
+    Mac path and q4f16_0 (the default iPhone quantization) are reused, not rebuilt."""
+    path = [f"{job}[model=demo,{wildcards}quant=q4f16_1]" for job, wildcards in (
+        ("check", ""), ("compile", "target=host,"), ("compile", "target=iphone,"), ("convert", ""), ("evaluate", ""))]
+    summary = [f"plot[plot={name}]" for name in plots.PLOTS] + ["summary", "tables"]
+    assert q4f16_1_run["jobs"] == sorted([*path, "package[model=demo,device=iphone]", *summary])
 
 
 @pytest.mark.slow

@@ -137,21 +137,37 @@ def _loaded_names(nodes) -> set[str]:
     return {n.id for n in nodes if isinstance(n, ast.Name)}
 
 
+_Walked = tuple[tuple[ast.AST, ...], frozenset[str]]
+
+
+@functools.cache
+def _walked(module: str) -> tuple[_Walked, dict[str, _Walked]]:
+    """``module``'s module-level statements and each of its definitions, walked once per process (with the
+    names each loads): a digest follows the same modules for every rule, and every Snakemake start digests
+    every rule, so walking them again each time was most of a dry run's time."""
+    tree = _tree(module_path(module))
+
+    def walked(statements) -> _Walked:
+        nodes = tuple(n for statement in statements for n in _walk(statement))
+        return nodes, frozenset(_loaded_names(nodes))
+
+    top = walked(statement for statement in tree.body if statement.__class__ not in _DEF_TYPES)
+    return top, {name: walked([node]) for name, node in _definitions(tree).items()}
+
+
 def _used_nodes(module: str, names: set[str] | None) -> list[ast.AST]:
     """The AST nodes of ``module`` that run when ``names`` of it are used: its module-level statements
     (they run on import) and the definitions named, with every definition of the module those refer to."""
-    tree = _tree(module_path(module))
-    defs = _definitions(tree)
-    nodes = [n for statement in tree.body if statement.__class__ not in _DEF_TYPES for n in _walk(statement)]
-    wanted = set(defs) if names is ALL else set(names)
-    wanted |= _loaded_names(nodes)
+    (top, loaded), defs = _walked(module)
+    nodes = list(top)
+    wanted = (set(defs) if names is ALL else set(names)) | loaded
     done: set[str] = set()
     while todo := (wanted & set(defs)) - done:
         for name in todo:
             done.add(name)
-            body = list(_walk(defs[name]))
+            body, body_loaded = defs[name]
             nodes.extend(body)
-            wanted |= _loaded_names(body)
+            wanted |= body_loaded
     return nodes
 
 
