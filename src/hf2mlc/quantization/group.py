@@ -162,21 +162,25 @@ def quantize_embedding(weight_vh: np.ndarray, q: Quantization) -> tuple[np.ndarr
 # finite float16 value under a range of scales, ragged axes, int3 and float32 models.
 # ---------------------------------------------------------------------------------------------
 
-_MASK_F16 = np.uint32(0xFFFFE000)
-_HALF_F16 = np.uint32(0x0FFF)
-_ONE = np.uint32(1)
+_SIGN_EXPONENT = np.uint32(0xFF800000)
+_ROUNDING_OFFSET = np.float32(1.5 * 2.0**13)
 _TWO_POW_112 = np.float32(2.0**112)
-_BLOCK_ELEMS = 1 << 17  # ~0.5 MB of float32 per block: stays in cache, keeps the GIL free long enough
+_BLOCK_ELEMS = 1 << 18  # ~0.5 MB of float32 per block: stays in cache, keeps the GIL free long enough
 
 
 def _round_to_f16_precision(values: np.ndarray, tmp: np.ndarray) -> None:
-    """In place: round float32 ``values`` to 11 significant bits, half to even (``tmp``: uint32 scratch)."""
-    bits = values.view(np.uint32)
-    np.right_shift(bits, 13, out=tmp)
-    np.bitwise_and(tmp, _ONE, out=tmp)
-    tmp += _HALF_F16
-    bits += tmp
-    bits &= _MASK_F16
+    """In place: round float32 ``values`` to 11 significant bits, half to even (``tmp``: uint32 scratch).
+
+    Adding ``c = ±1.5 * 2**(e + 13)`` (``±2**e``: the value's own sign and power of two) puts the sum
+    where float32's spacing is 2**(e - 10), float16's at ``e``, so the hardware rounds it half to even
+    to exactly those bits, and subtracting ``c`` again is exact: four passes, one fewer than integer
+    rounding at bit 13.  inf becomes NaN (only ever a quotient by a zero scale, fixed afterwards).
+    """
+    np.bitwise_and(values.view(np.uint32), _SIGN_EXPONENT, out=tmp)
+    offset = tmp.view(np.float32)
+    offset *= _ROUNDING_OFFSET
+    values += offset
+    values -= offset
 
 
 class _Scratch(threading.local):
@@ -197,6 +201,38 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
+def _group_max_magnitude(h: np.ndarray, gs: int) -> np.ndarray:
+    """max |w| per group of ``gs`` (a power of two) consecutive float16 bit patterns ``h`` (flat uint16),
+    as uint16 bits.  Halving adjacent pairs through wider views: numpy's reduce over a 32-long axis
+    pays its per-row overhead on every group, which made it the costliest step of the quantizer."""
+    pairs = h.view(np.uint32) & np.uint32(0x7FFF7FFF)  # both signs dropped: magnitudes order as ints
+    values = np.maximum(pairs >> np.uint32(16), pairs & np.uint32(0xFFFF))
+    width = 2
+    while width < gs:
+        wide = values.view(np.uint64)
+        values = np.maximum(wide >> np.uint64(32), wide & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+        width *= 2
+    return values.astype(np.uint16)
+
+
+def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.ndarray | None:
+    """float16 rows whose length is a whole number of power-of-two groups: their float32 values into
+    ``u32`` (as bits) and the scales, in fewer passes than the general route (None: inf/NaN weights)."""
+    rows, k = src.shape
+    h = np.ascontiguousarray(src).view(np.uint16)
+    max_bits = _group_max_magnitude(h.reshape(-1), q.group_size).reshape(rows, k // q.group_size)
+    if max_bits.size and max_bits.max() >= 0x7C00:
+        return None
+    # float16 -> float32 by bits with the sign in place: sign-extended to 32 bits and shifted left by
+    # 13, the sign lands in bit 31 and its three copies above the exponent are cleared.
+    bits = u32.view(np.int32).reshape(rows, k)
+    np.left_shift(h.view(np.int16), np.int32(13), out=bits, dtype=np.int32)
+    u32 &= np.uint32(0x8FFFFFFF)
+    values = u32.view(np.float32)
+    values *= _TWO_POW_112
+    return (max_bits.view(np.float16).astype(np.float32) / np.float32(q.max_int_value)).astype(np.float16)
+
+
 def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.ndarray]:
     """Quantize rows ``src`` [r, k] along k; returns (words [r, n_storage], scale [r, n_group])."""
     rows, k = src.shape
@@ -206,9 +242,14 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
     if src.dtype != np.dtype(q.model_dtype):
         src = src.astype(q.model_dtype)  # MLC casts to the model dtype before quantizing
     u32, tmp, u16 = _SCRATCH.get(rows * width)
-    bits = u32.reshape(rows, width)
     f = u32.view(np.float32).reshape(rows, width)
-    if half:
+    aligned = half and width == k and gs & (gs - 1) == 0
+    if aligned:
+        scale = _load_aligned_half(src, q, u32)
+        if scale is None:
+            return quantize(src, q)  # inf or NaN weights: the reference semantics
+    elif half:
+        bits = u32.reshape(rows, width)
         h = np.ascontiguousarray(src).view(np.uint16)
         mag = u16.reshape(rows, width)
         np.bitwise_and(h, np.uint16(0x7FFF), out=mag[:, :k])
@@ -234,8 +275,11 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
             return quantize(src, q)
         scale = max_abs / np.float32(mi)
     groups = f.reshape(rows, n_group, gs)
+    zero = scale == 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        np.divide(groups, scale.astype(np.float32)[..., None], out=groups)
+        # a contiguous divisor (one value per weight) divides faster than a broadcast one
+        np.divide(f, np.repeat(scale.astype(np.float32), gs, axis=1), out=f)
+        positive = groups[zero] > 0 if zero.any() else None  # w / 0: +inf, -inf, NaN (0 / 0)
         if half:
             _round_to_f16_precision(u32.view(np.float32), tmp)
         f += np.float32(mi)
@@ -244,10 +288,8 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         np.rint(f, out=f)
         np.clip(f, 0, 2 * mi, out=f)
         values = f.astype(np.uint8)
-    zero = scale == 0
-    if zero.any():  # w / 0: +inf -> 2*max_int; -inf and NaN (0/0) -> 0, as TVM's select-based clip
-        v_groups = values.reshape(rows, n_group, gs)
-        v_groups[zero] = np.where(groups[zero] > 0, 2 * mi, 0)
+    if positive is not None:  # w / 0: +inf -> 2*max_int; -inf and NaN (0/0) -> 0, as TVM's select-based clip
+        values.reshape(rows, n_group, gs)[zero] = np.where(positive, 2 * mi, 0)
     values[:, k:] = 0  # padding packs as zero bits, not as max_int
     n_storage = q.num_storage(k)
     if q.bits == 4 and q.storage_dtype == "uint32" and sys.byteorder == "little":
@@ -274,17 +316,23 @@ def quantize_rows_fast(
     transpose: bool = False,
     threads: int | None = None,
     block_rows: int | None = None,
+    row_order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`quantize` along the last axis of a 2-D ``weight``, bit-identical, on ``threads`` cores.
 
     ``transpose=True`` returns both outputs transposed (the "KN" layout) without a separate copy.
-    Row blocks are independent, so threads split them; numpy releases the GIL inside each operation.
+    ``row_order`` quantizes ``weight[row_order]`` (a row permutation such as the fused-QKV regrouping)
+    block by block, without a reordered copy of the whole weight.  Row blocks are independent:
+    threads take the next one as they finish (numpy releases the GIL inside each operation), the
+    calling thread among them.
     """
     _require_group(q)
     weight = np.asarray(weight)
     if weight.ndim != 2:
         raise ValueError(f"quantize_rows_fast takes a 2-D weight, got shape {weight.shape}")
     rows, k = weight.shape
+    if row_order is not None and np.shape(row_order) != (rows,):
+        raise ValueError(f"row_order must list {rows} rows, got shape {np.shape(row_order)}")
     n_storage, n_group = q.num_storage(k), q.num_groups(k)
     if transpose:
         out_w = np.empty((n_storage, rows), np.uint32)
@@ -296,7 +344,8 @@ def quantize_rows_fast(
 
     def run(start: int) -> None:
         stop = min(rows, start + step)
-        words, scale = _quantize_block(weight[start:stop], q)
+        block = weight[start:stop] if row_order is None else weight[row_order[start:stop]]
+        words, scale = _quantize_block(block, q)
         if transpose:
             out_w[:, start:stop] = words.T
             out_s[:, start:stop] = scale.T
@@ -304,13 +353,24 @@ def quantize_rows_fast(
             out_w[start:stop] = words
             out_s[start:stop] = scale
 
-    starts = range(0, rows, step)
-    workers = min(_worker_count(threads), len(starts))
-    if workers <= 1:
-        for start in starts:
+    starts = iter(range(0, rows, step))
+    taking = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with taking:
+                start = next(starts, None)
+            if start is None:
+                return
             run(start)
+
+    workers = min(_worker_count(threads), -(-rows // step))
+    if workers <= 1:
+        drain()
     else:
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="quantize") as pool:
-            for future in [pool.submit(run, start) for start in starts]:
-                future.result()
+        with concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="quantize") as pool:
+            helpers = [pool.submit(drain) for _ in range(workers - 1)]
+            drain()
+            for helper in helpers:
+                helper.result()
     return out_w, out_s
