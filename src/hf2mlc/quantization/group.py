@@ -147,25 +147,30 @@ def quantize_embedding(weight_vh: np.ndarray, q: Quantization) -> tuple[np.ndarr
 #
 # Every float16 operation above is "compute in float32, round once to float16" (numpy does exactly
 # that, and so does LLVM for half arithmetic on CPUs without native fp16).  Here values stay in
-# float32 and only the rounding to float16 precision is applied, with integer bit operations (round
-# half to even at bit 13), which is much cheaper than casting back and forth.  The bit trick is the
-# exact float16 rounding over float16's normal range; outside it the two can differ only where the
-# final integer cannot: a quotient below 2**-14 becomes exactly max_int after "+ max_int" either way,
-# and one beyond float16's range (inf there, a large finite value here) clips to the same end.
+# float32 and only the rounding to float16 precision is applied: adding and subtracting an offset of
+# 1.5 * 2**13 times the value's own power of two, so that the hardware rounds half to even at float16's
+# bit (cheaper than casting back and forth).  That is the exact float16 rounding over float16's normal
+# range; outside it the two can differ only where the final integer cannot: a quotient below 2**-14
+# becomes exactly max_int after "+ max_int" either way, and one beyond float16's range (inf there, a
+# large finite value here) clips to the same end.
 # Other shortcuts, each exact:
-# * float16 -> float32 by bits: (|h| << 13) reinterpreted as float32 times 2**112, sign OR-ed in
-#   (numpy's own cast is a scalar loop, ten times slower);
-# * max |w| per group as an integer max over the float16 bit patterns without sign (monotonic);
+# * float16 -> float32 by bits: the magnitude shifted left by 13 and reinterpreted is the value times
+#   2**-112 (numpy's own cast is a scalar loop, ten times slower); the general route multiplies by
+#   2**112, rows of whole power-of-two groups divide by the scale times 2**-112 instead;
+# * max |w| per group as an integer max over the float16 bit patterns without sign (monotonic),
+#   for power-of-two groups by halving adjacent pairs;
+# * the divisor repeated to one value per weight (a contiguous divide);
 # * clip with np.clip, then the groups whose scale is 0 (the only source of NaN: 0/0) are set as
-#   TVM sets them: +inf -> 2*max_int, -inf and NaN -> 0.
+#   TVM sets them, from the quotient's sign before rounding: +inf -> 2*max_int, -inf and NaN -> 0.
 # Blocks holding inf or NaN weights take the plain path.  tests/test_quantization.py checks every
-# finite float16 value under a range of scales, ragged axes, int3 and float32 models.
+# finite float16 value under a range of scales, ragged axes, permuted rows, int3 and float32 models.
 # ---------------------------------------------------------------------------------------------
 
 _SIGN_EXPONENT = np.uint32(0xFF800000)
 _ROUNDING_OFFSET = np.float32(1.5 * 2.0**13)
 _TWO_POW_112 = np.float32(2.0**112)
-_BLOCK_ELEMS = 1 << 18  # ~0.5 MB of float32 per block: stays in cache, keeps the GIL free long enough
+_TWO_POW_MINUS_112 = np.float32(2.0**-112)
+_BLOCK_ELEMS = 1 << 19  # 2 MB of float32 per block: fewer numpy calls per byte, so fewer GIL hand-overs between threads
 
 
 def _round_to_f16_precision(values: np.ndarray, tmp: np.ndarray) -> None:
@@ -216,8 +221,10 @@ def _group_max_magnitude(h: np.ndarray, gs: int) -> np.ndarray:
 
 
 def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.ndarray | None:
-    """float16 rows whose length is a whole number of power-of-two groups: their float32 values into
-    ``u32`` (as bits) and the scales, in fewer passes than the general route (None: inf/NaN weights)."""
+    """float16 rows whose length is a whole number of power-of-two groups: their values times 2**-112
+    into ``u32`` (as float32 bits) and the scales, in fewer passes than the general route (None:
+    inf/NaN weights).  Both operands of the division scaled by the same power of two (exactly: every
+    float16 times 2**-112 is a float32, subnormal or not) give the same correctly rounded quotient."""
     rows, k = src.shape
     h = np.ascontiguousarray(src).view(np.uint16)
     max_bits = _group_max_magnitude(h.reshape(-1), q.group_size).reshape(rows, k // q.group_size)
@@ -227,9 +234,7 @@ def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.
     # 13, the sign lands in bit 31 and its three copies above the exponent are cleared.
     bits = u32.view(np.int32).reshape(rows, k)
     np.left_shift(h.view(np.int16), np.int32(13), out=bits, dtype=np.int32)
-    u32 &= np.uint32(0x8FFFFFFF)
-    values = u32.view(np.float32)
-    values *= _TWO_POW_112
+    u32 &= np.uint32(0x8FFFFFFF)  # the weights times 2**-112 (exact): the divisor is scaled to match
     return (max_bits.view(np.float16).astype(np.float32) / np.float32(q.max_int_value)).astype(np.float16)
 
 
@@ -278,7 +283,10 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
     zero = scale == 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # a contiguous divisor (one value per weight) divides faster than a broadcast one
-        np.divide(f, np.repeat(scale.astype(np.float32), gs, axis=1), out=f)
+        divisor = scale.astype(np.float32)
+        if aligned:
+            divisor *= _TWO_POW_MINUS_112
+        np.divide(f, np.repeat(divisor, gs, axis=1), out=f)
         positive = groups[zero] > 0 if zero.any() else None  # w / 0: +inf, -inf, NaN (0 / 0)
         if half:
             _round_to_f16_precision(u32.view(np.float32), tmp)
