@@ -208,16 +208,16 @@ _SCRATCH = _Scratch()
 
 def _group_max_magnitude(h: np.ndarray, gs: int) -> np.ndarray:
     """max |w| per group of ``gs`` (a power of two) consecutive float16 bit patterns ``h`` (flat uint16),
-    as uint16 bits.  Halving adjacent pairs through wider views: numpy's reduce over a 32-long axis
-    pays its per-row overhead on every group, which made it the costliest step of the quantizer."""
+    as uint16 bits.  Halving adjacent pairs through a uint32 view, level by level: numpy's reduce
+    over a 32-long axis pays its per-row overhead on every group, which made it the costliest step
+    of the quantizer."""
     pairs = h.view(np.uint32) & np.uint32(0x7FFF7FFF)  # both signs dropped: magnitudes order as ints
-    values = np.maximum(pairs >> np.uint32(16), pairs & np.uint32(0xFFFF))
-    width = 2
-    while width < gs:
-        wide = values.view(np.uint64)
-        values = np.maximum(wide >> np.uint64(32), wide & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        width *= 2
-    return values.astype(np.uint16)
+    while True:
+        values = np.maximum(pairs >> np.uint32(16), pairs & np.uint32(0xFFFF)).astype(np.uint16)
+        gs //= 2
+        if gs == 1:
+            return values
+        pairs = values.view(np.uint32)
 
 
 def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.ndarray | None:
@@ -233,7 +233,8 @@ def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.
     # float16 -> float32 by bits with the sign in place: sign-extended to 32 bits and shifted left by
     # 13, the sign lands in bit 31 and its three copies above the exponent are cleared.
     bits = u32.view(np.int32).reshape(rows, k)
-    np.left_shift(h.view(np.int16), np.int32(13), out=bits, dtype=np.int32)
+    np.copyto(bits, h.view(np.int16))
+    bits <<= 13
     u32 &= np.uint32(0x8FFFFFFF)  # the weights times 2**-112 (exact): the divisor is scaled to match
     return (max_bits.view(np.float16).astype(np.float32) / np.float32(q.max_int_value)).astype(np.float16)
 
@@ -248,7 +249,7 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         src = src.astype(q.model_dtype)  # MLC casts to the model dtype before quantizing
     u32, tmp, u16 = _SCRATCH.get(rows * width)
     f = u32.view(np.float32).reshape(rows, width)
-    aligned = half and width == k and gs & (gs - 1) == 0
+    aligned = half and width == k and gs > 1 and gs & (gs - 1) == 0
     if aligned:
         scale = _load_aligned_half(src, q, u32)
         if scale is None:
