@@ -201,6 +201,7 @@ def _lower(
         variable_bounds=bounds,
         hidden_size=config.hidden_size,
         dtype=quantization.model_dtype,
+        quantization=quantization,
     )
     with tvm.transform.PassContext(opt_level=3):
         lowered = pipeline(mod)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import tvm
 from tvm import s_tir, tirx
 
+from . import int8_dot_matmul
+
 _MATMUL_BLOCK = "matmul"  # the reduction block of hf2mlc's matmul TE (quantization/nn.py)
 _DEQUANTIZE_BLOCK = "dequantize"
 _get_sblock_realize = tvm.get_global_func("s_tir.schedule.GetSBlockRealize")
@@ -265,18 +267,32 @@ def _reduction_then_spatial(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV)
     return first, second
 
 
+def _int8_dot_epilogue(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, lanes: int) -> None:
+    """The int8-dot kernel (:mod:`.int8_dot_matmul`) is written scheduled; only the epilogue fused after
+    it is placed: per parallel slice of outputs, right after the slice is finished, vectorised."""
+    epilogue = _epilogue(sch, block)
+    _finish_epilogue(sch, epilogue, sch.get_loops(block)[-1], lanes)
+
+
 def schedule_cpu_matmul(func: tirx.PrimFunc, target: tvm.target.Target | None = None) -> tirx.PrimFunc | None:
     """The scheduled function, or None when ``func`` is not a matmul kernel this schedule handles."""
     sch = s_tir.Schedule(func)
+    if target is None:
+        target = func.attrs.get("target") if func.attrs else None
+        target = target or tvm.target.Target.current(allow_none=True)
+    int8_dot = _block_named(sch, int8_dot_matmul.BLOCK)
+    if int8_dot is not None:
+        try:
+            _int8_dot_epilogue(sch, int8_dot, float32_lanes(target))
+        except (s_tir.ScheduleError, ValueError, RuntimeError):  # the epilogue stays a plain loop nest
+            sch = s_tir.Schedule(func)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     block = _block_named(sch, _MATMUL_BLOCK)
     if block is None:
         return None
     k_contiguous = _weight_is_k_contiguous(sch.get(block))
     if k_contiguous is None:
         return None
-    if target is None:
-        target = func.attrs.get("target") if func.attrs else None
-        target = target or tvm.target.Target.current(allow_none=True)
     lanes = float32_lanes(target)
     deq = _block_named(sch, _DEQUANTIZE_BLOCK)
     per_word = _values_per_word(sch.get(deq)) if deq is not None else 1

@@ -15,8 +15,11 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
+from ..quantization import Quantization
+from .cpu_gelu import CPU_LEGALIZE
 from .cpu_schedule import ScheduleCPUMatmul
 from .engine_functions import AttachEngineFunctions
+from .int8_dot_matmul import ReplaceDequantizeMatmul
 from .metadata import AttachMetadata, AttachVariableBounds
 from .metal_matmul import metal_matmul_disabled
 from .shape_heap import OrderShapeHeapStores
@@ -70,12 +73,14 @@ def model_pipeline(
     variable_bounds: dict[str, int],
     hidden_size: int,
     dtype: str,
+    quantization: Quantization,
 ) -> tvm.transform.Pass:
     """The ``relax_pipeline`` to hand to ``relax.build`` for a model library.
 
     ``variable_bounds`` caps the symbolic sizes for memory planning (``seq_len``, ``total_seq_len``,
     ``batch_size``); the sampler's ``num_samples``/``num_positions`` are derived from ``batch_size``
-    as MLC does.  ``hidden_size``/``dtype`` size the engine's embedding buffer.
+    as MLC does.  ``hidden_size``/``dtype`` size the engine's embedding buffer; ``quantization`` says
+    which CPU kernels fit (:mod:`.int8_dot_matmul`).
     """
     batch = variable_bounds.get("batch_size", 1)
     bounds = {"num_samples": batch, "num_positions": 6 * batch, **variable_bounds}
@@ -88,11 +93,12 @@ def model_pipeline(
                 target, prefill_chunk_size=metadata["prefill_chunk_size"], hidden_size=hidden_size, dtype=dtype
             ),
             AttachVariableBounds(bounds),
+            tvm.transform.Sequential([]) if gpu else ReplaceDequantizeMatmul(target, quantization),
             tvm.tirx.transform.BindTarget(target),
             FuseTransposeMatmul(),
             relax.backend.DispatchSampling(),
             relax.backend.DispatchSortScan(),
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps() if gpu else relax.transform.LegalizeOps(customize_legalize_map=CPU_LEGALIZE),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
             relax.transform.FuseOps(),
