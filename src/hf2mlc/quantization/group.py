@@ -220,11 +220,12 @@ def _group_max_magnitude(h: np.ndarray, gs: int) -> np.ndarray:
         pairs = values.view(np.uint32)
 
 
-def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.ndarray | None:
+def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """float16 rows whose length is a whole number of power-of-two groups: their values times 2**-112
-    into ``u32`` (as float32 bits) and the scales, in fewer passes than the general route (None:
-    inf/NaN weights).  Both operands of the division scaled by the same power of two (exactly: every
-    float16 times 2**-112 is a float32, subnormal or not) give the same correctly rounded quotient."""
+    into ``u32`` (as float32 bits), and the scales with the divisor (the scales times 2**-112), in fewer
+    passes than the general route (None: inf/NaN weights).  Both operands of the division scaled by
+    the same power of two (exactly: every float16 times 2**-112 is a float32, subnormal or not) give
+    the same correctly rounded quotient."""
     rows, k = src.shape
     h = np.ascontiguousarray(src).view(np.uint16)
     max_bits = _group_max_magnitude(h.reshape(-1), q.group_size).reshape(rows, k // q.group_size)
@@ -235,8 +236,17 @@ def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> np.
     bits = u32.view(np.int32).reshape(rows, k)
     np.copyto(bits, h.view(np.int16))
     bits <<= 13
-    u32 &= np.uint32(0x8FFFFFFF)  # the weights times 2**-112 (exact): the divisor is scaled to match
-    return (max_bits.view(np.float16).astype(np.float32) / np.float32(q.max_int_value)).astype(np.float16)
+    u32 &= np.uint32(0x8FFFFFFF)
+    mi = np.float32(q.max_int_value)
+    if max_bits.size and max_bits.min() >= np.array(q.max_int_value * 2.0**-14, np.float16).view(np.uint16):
+        # Every scale a normal float16: max / max_int rounded to float16 is the same rounding of the
+        # quotient times 2**-112 (a normal float32), whose bits shifted right by 13 are the scale's.
+        divisor = (max_bits.astype(np.uint32) << np.uint32(13)).view(np.float32)
+        divisor /= mi
+        _round_to_f16_precision(divisor, np.empty(divisor.shape, np.uint32))
+        return (divisor.view(np.uint32) >> np.uint32(13)).astype(np.uint16).view(np.float16), divisor
+    scale = (max_bits.view(np.float16).astype(np.float32) / mi).astype(np.float16)
+    return scale, scale.astype(np.float32) * _TWO_POW_MINUS_112
 
 
 def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.ndarray]:
@@ -251,9 +261,10 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
     f = u32.view(np.float32).reshape(rows, width)
     aligned = half and width == k and gs > 1 and gs & (gs - 1) == 0
     if aligned:
-        scale = _load_aligned_half(src, q, u32)
-        if scale is None:
+        loaded = _load_aligned_half(src, q, u32)
+        if loaded is None:
             return quantize(src, q)  # inf or NaN weights: the reference semantics
+        scale, divisor = loaded
     elif half:
         bits = u32.reshape(rows, width)
         h = np.ascontiguousarray(src).view(np.uint16)
@@ -264,6 +275,7 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         if max_bits.size and max_bits.max() >= 0x7C00:
             return quantize(src, q)  # inf or NaN weights: the reference semantics
         scale = (max_bits.view(np.float16).astype(np.float32) / np.float32(mi)).astype(np.float16)
+        divisor = scale.astype(np.float32)
         sign = tmp.reshape(rows, width)
         np.bitwise_and(h, np.uint16(0x8000), out=sign[:, :k], casting="unsafe")
         sign[:, k:] = 0
@@ -279,14 +291,11 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         max_abs = magnitude.reshape(rows, n_group, gs).max(axis=-1)
         if max_abs.size and not np.isfinite(max_abs).all():
             return quantize(src, q)
-        scale = max_abs / np.float32(mi)
+        scale = divisor = max_abs / np.float32(mi)
     groups = f.reshape(rows, n_group, gs)
-    zero = scale == 0
+    zero = divisor == 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         # a contiguous divisor (one value per weight) divides faster than a broadcast one
-        divisor = scale.astype(np.float32)
-        if aligned:
-            divisor *= _TWO_POW_MINUS_112
         np.divide(f, np.repeat(divisor, gs, axis=1), out=f)
         positive = groups[zero] > 0 if zero.any() else None  # w / 0: +inf, -inf, NaN (0 / 0)
         if half:
