@@ -369,17 +369,17 @@ def line_extrapolation(line: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_elsewhere(results: dict[str, Any], *, brief: bool = False) -> str:
-    """When the convert section was measured in another run than the anchor: its q4f16_0 time, said to
-    have no llama.cpp time beside it (a ratio is only ever taken within one run)."""
+    """When the convert section was measured in another run than the anchor: its q4f16_0 time, said not
+    to be part of the ratio (a ratio is only ever taken within one run)."""
     q4 = (results.get("convert") or {}).get("q4f16_0")
     if not q4 or not results.get("anchor") or _run_of(when(results, "convert")) == _run_of(when(results, "anchor")):
         return ""
     stamp = when(results, "convert")
     if brief:
-        return f"; convert section of {stamp.get('date')}: {_s(q4['seconds'])}, llama.cpp not measured in that run"
-    return (f"The convert section was measured in another run ({stamp.get('date')}, commit {stamp.get('commit')}): "
-            f"`q4f16_0` {_s(q4['seconds'])} (median), which has no llama.cpp time measured beside it, so no ratio is "
-            "formed from it. ")
+        return f"; the convert section's {_s(q4['seconds'])} (median) is from another run ({stamp.get('date')}), not in this ratio"
+    return (f"The convert section comes from another run ({stamp.get('date')}, commit {stamp.get('commit')}): "
+            f"`q4f16_0` {_s(q4['seconds'])} (median); a ratio is only formed within one run, so it is not divided by "
+            "this llama.cpp time. ")
 
 
 def goals_11(results: dict[str, Any]) -> list[list[str]]:

@@ -196,10 +196,10 @@ def test_ratios_against_llama_cpp_come_from_one_run() -> None:
     merged = merge_results(first, later, ["convert"])
     row = next(r for r in report.goals_11(merged) if r[0].startswith("q4f16_0 conversion"))
     # the newer hf2mlc time is reported beside the ratio, never divided by the older llama.cpp time
-    assert row[2] == ("1.06× (20.0 s vs 18.8 s, one run); convert section of 2026-12-01 22:30 UTC: 15.0 s, "
-                      "llama.cpp not measured in that run")
+    assert row[2] == ("1.06× (20.0 s vs 18.8 s, one run); the convert section's 15.0 s (median) is from another run "
+                      "(2026-12-01 22:30 UTC), not in this ratio")
     assert "0.80×" not in row[2] and report.mixed_runs(merged) and not report.mixed_runs(first)
-    assert "no llama.cpp time measured beside it" in report._anchor(merged) and "commit 10cc9c8" in report._anchor(merged)
+    assert "not divided by this llama.cpp time" in report._anchor(merged) and "commit 10cc9c8" in report._anchor(merged)
 
 
 def test_kept_notes_survive_a_rewrite() -> None:
