@@ -106,7 +106,7 @@ def test_q4f16_0_host_build_uses_it_for_every_linear_and_fuses_the_epilogues():
     mod, metadata = export_model(config, Q4, context_window_size=32, prefill_chunk_size=8, target=TARGET)
     pipeline = model_pipeline(
         TARGET, metadata=metadata, variable_bounds={"seq_len": 8, "total_seq_len": 32, "batch_size": 1},
-        hidden_size=64, dtype="float16", quantization=Q4,
+        hidden_size=64, dtype="float16", quantization=Q4, inline_rope=False,
     )
     with tvm.transform.PassContext(opt_level=3):
         lowered = pipeline(mod)
@@ -146,3 +146,24 @@ def test_cpu_gelu_in_float16_is_the_stock_lowering_to_one_ulp():
     ulp = np.spacing(np.abs(stock)).astype(np.float32)
     assert np.all(np.abs(fast.astype(np.float32) - stock.astype(np.float32)) <= ulp)
     assert (fast != stock).mean() < 0.05  # a rounding flip here and there, not a different function
+
+
+def test_host_build_runs_the_kv_cache_attention_kernels_in_parallel():
+    config = GPTNeoXConfig(
+        hidden_size=64, num_attention_heads=4, num_hidden_layers=1, intermediate_size=256, vocab_size=128,
+        rotary_pct=0.5, tie_word_embeddings=False, use_parallel_residual=True,
+    )
+    mod, metadata = export_model(config, get_quantization("q0f32"), context_window_size=32, prefill_chunk_size=8, target=TARGET)
+    pipeline = model_pipeline(
+        TARGET, metadata=metadata, variable_bounds={"seq_len": 8, "total_seq_len": 32, "batch_size": 1},
+        hidden_size=64, dtype="float32", quantization=get_quantization("q0f32"), inline_rope=False,
+    )
+    with tvm.transform.PassContext(opt_level=3):
+        lowered = pipeline(mod)
+    attention = {"batch_prefill_ragged_kv", "batch_prefill_paged_kv_cpu", "batch_decode_paged_kv_cpu"}
+    scripts = {gv.name_hint: f.script() for gv, f in lowered.functions_items() if gv.name_hint in attention}
+    assert set(scripts) == attention
+    for name, script in scripts.items():
+        assert "T.parallel(" in script and 'T.sblock("attn_row")' in script, name
+        assert "rotary_mode == 1" not in script, name  # the inline-RoPE branch is folded away
+    # the logits of prefill and decode through these kernels: test_runtime (engine vs transformers)

@@ -32,6 +32,7 @@ from typing import Any
 
 import tvm
 from tvm import relax
+from tvm.relax.frontend.nn.llm.kv_cache import RopeMode
 from tvm.target import Target
 from tqdm import tqdm
 
@@ -46,7 +47,7 @@ from .compiler_pass import (
 )
 from .errors import UserError
 from .model.gpt_neox.config import GPTNeoXConfig
-from .model.gpt_neox.model import EXPORTED_FUNCTIONS, GPTNeoXForCausalLM
+from .model.gpt_neox.model import EXPORTED_FUNCTIONS, ROPE_MODE, GPTNeoXForCausalLM
 from .quantization import Quantization
 from .spec import TARGETS, TargetSpec
 
@@ -202,6 +203,7 @@ def _lower(
         hidden_size=config.hidden_size,
         dtype=quantization.model_dtype,
         quantization=quantization,
+        inline_rope=ROPE_MODE == RopeMode.INLINE,
     )
     with tvm.transform.PassContext(opt_level=3):
         lowered = pipeline(mod)

@@ -20,7 +20,9 @@ elementwise epilogue (bias, GELU, residual add, casts: FuseOps puts them in the 
 * Outputs (panels / column tiles) are split across threads, and the epilogue runs right where each
   tile of outputs is finished, vectorised, instead of as separate passes over memory.
 
-The vector width follows the target's ISA (AVX-512: 16 float32 lanes, AVX2: 8), read from the
+On a CPU with AVX-512 VNNI, q4f16_0's matmuls are not scheduled here but replaced before fusion by
+:mod:`.int8_dot_matmul` (4-bit codes times 8-bit activation digits); only their fused epilogue is placed
+here.  The vector width follows the target's ISA (AVX-512: 16 float32 lanes, AVX2: 8), read from the
 target at build time: a host library runs on the machine it was built for.  Anything else is left
 as it is, and a kernel the schedule cannot handle stays unscheduled (correct, just slow): every
 step is checked by TVM, and a refusal only skips the function.
@@ -32,6 +34,7 @@ import tvm
 from tvm import s_tir, tirx
 
 from . import int8_dot_matmul
+from .rewrite import rewrite_prim_funcs
 
 _MATMUL_BLOCK = "matmul"  # the reduction block of hf2mlc's matmul TE (quantization/nn.py)
 _DEQUANTIZE_BLOCK = "dequantize"
@@ -313,12 +316,9 @@ def schedule_cpu_matmul(func: tirx.PrimFunc, target: tvm.target.Target | None = 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleCPUMatmul")
 class ScheduleCPUMatmul:
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        updates = {}
-        for g_var, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
-                scheduled = schedule_cpu_matmul(func)
-                if scheduled is not None:
-                    updates[g_var] = scheduled
-        for g_var, func in updates.items():
-            mod[g_var] = func
-        return mod
+        def rewrite(_g_var: tvm.ir.GlobalVar, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
+            if func.attrs and func.attrs.get("tirx.is_scheduled", False):
+                return None
+            return schedule_cpu_matmul(func)
+
+        return rewrite_prim_funcs(mod, rewrite)

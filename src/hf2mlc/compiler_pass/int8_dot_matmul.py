@@ -25,6 +25,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from ..quantization import Quantization
+from .rewrite import rewrite_prim_funcs
 
 BLOCK = "int8_dot_matmul"  # the kernel's main block: the CPU schedule finds the epilogue after it
 _LANES = 16  # int32 / float32 lanes of a 512-bit register
@@ -328,14 +329,6 @@ def ReplaceDequantizeMatmul(target: tvm.target.Target, quantization: Quantizatio
     def _pass(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if not (supported(target) and applies(quantization)):
             return mod
-        updates = {}
-        for g_var, func in mod.functions_items():
-            if isinstance(func, tirx.PrimFunc) and "dequantize_matmul" in g_var.name_hint:
-                new = replacement(func)
-                if new is not None:
-                    updates[g_var] = new
-        for g_var, func in updates.items():
-            mod[g_var] = func
-        return mod
+        return rewrite_prim_funcs(mod, lambda g_var, func: replacement(func) if "dequantize_matmul" in g_var.name_hint else None)
 
     return _pass

@@ -16,6 +16,7 @@ from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from ..quantization import Quantization
+from .cpu_attention import ParallelCPUAttention
 from .cpu_gelu import CPU_LEGALIZE
 from .cpu_schedule import ScheduleCPUMatmul
 from .engine_functions import AttachEngineFunctions
@@ -74,13 +75,15 @@ def model_pipeline(
     hidden_size: int,
     dtype: str,
     quantization: Quantization,
+    inline_rope: bool,
 ) -> tvm.transform.Pass:
     """The ``relax_pipeline`` to hand to ``relax.build`` for a model library.
 
     ``variable_bounds`` caps the symbolic sizes for memory planning (``seq_len``, ``total_seq_len``,
     ``batch_size``); the sampler's ``num_samples``/``num_positions`` are derived from ``batch_size``
     as MLC does.  ``hidden_size``/``dtype`` size the engine's embedding buffer; ``quantization`` says
-    which CPU kernels fit (:mod:`.int8_dot_matmul`).
+    which CPU kernels fit (:mod:`.int8_dot_matmul`), ``inline_rope`` how the KV cache's CPU attention
+    kernels are called (:mod:`.cpu_attention`).
     """
     batch = variable_bounds.get("batch_size", 1)
     bounds = {"num_samples": batch, "num_positions": 6 * batch, **variable_bounds}
@@ -94,6 +97,7 @@ def model_pipeline(
             ),
             AttachVariableBounds(bounds),
             tvm.transform.Sequential([]) if gpu else ReplaceDequantizeMatmul(target, quantization),
+            tvm.transform.Sequential([]) if gpu else ParallelCPUAttention(inline_rope=inline_rope),
             tvm.tirx.transform.BindTarget(target),
             FuseTransposeMatmul(),
             relax.backend.DispatchSampling(),

@@ -33,6 +33,9 @@ from .config import GELU_TANH, GPTNeoXConfig
 #: What the engine calls the KV-cache constructor in a model library (MLC's compile renames the
 #: model's ``create_paged_kv_cache`` to this; ``create_flashinfer_paged_kv_cache`` is CUDA-only).
 KV_CACHE_FUNCTION = "create_tir_paged_kv_cache"
+#: RoPE is applied by the cache's own rotary kernel when appending (not inline in attention): the CPU
+#: attention kernels are compiled for that (compiler_pass.cpu_attention).
+ROPE_MODE = RopeMode.NORMAL
 
 #: Functions every library built from this model exports (besides ``_metadata``).
 EXPORTED_FUNCTIONS = (
@@ -236,7 +239,7 @@ class GPTNeoXForCausalLM(nn.Module):
             v_head_dim=config.head_dim,
             mla_original_qk_head_dim=0,
             mla_original_v_head_dim=0,
-            rope_mode=RopeMode.NORMAL,
+            rope_mode=ROPE_MODE,
             rope_scale=1,
             rope_theta=config.rotary_emb_base,
             rope_scaling={},
