@@ -41,6 +41,32 @@ def _others(run: dict[str, Any] | None) -> str:
     return f"load {run['load_before']['load_1m']:.1f}" if run.get("load_before") else "–"
 
 
+def when(results: dict[str, Any], section: str) -> dict[str, Any]:
+    """The run that measured ``section`` (date, commit, load at start/end): a merged report holds
+    sections of several runs (run.py's ``merge_results``); older raw files have one run for all."""
+    stamp = (results.get("measured") or {}).get(section)
+    if stamp:
+        return stamp
+    m = results.get("machine") or {}
+    return {"date": m.get("date"), "commit": m.get("commit"), "load_at_start": m.get("load_at_start"),
+            "load_at_end": results.get("load_at_end")}
+
+
+def _run_of(stamp: dict[str, Any]) -> tuple[Any, Any]:
+    """What tells two runs apart: their start to the second (older raw files: the minute) and commit."""
+    return stamp.get("run") or stamp.get("date"), stamp.get("commit")
+
+
+def _load_text(load: dict[str, Any] | None) -> str:
+    load = load or {}
+    return f"{load.get('load_1m', '–')} / {load.get('load_5m', '–')} / {load.get('load_15m', '–')}"
+
+
+def mixed_runs(results: dict[str, Any]) -> bool:
+    """Whether the report's sections come from more than one run."""
+    return len({_run_of(when(results, name)) for name in results.get("sections", [])}) > 1
+
+
 def goals(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(goal, target, measured, met) for every goal the run has numbers for."""
     conv, comp, wf, host = (results.get(k) or {} for k in ("convert", "compile", "workflow", "host"))
@@ -97,7 +123,16 @@ def _machine(results: dict[str, Any]) -> str:
         ["benchmark wall time", f"{results.get('total_seconds', 0) / 60:.1f} min"],
     ]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    return _table(["", ""], rows) + f"\n\nPackages: {versions}."
+    text = _table(["", ""], rows) + f"\n\nPackages: {versions}."
+    if mixed_runs(results):
+        runs = [[name, str(when(results, name).get("date")), str(when(results, name).get("commit")),
+                 _load_text(when(results, name).get("load_at_start")), _load_text(when(results, name).get("load_at_end"))]
+                for name in results["sections"]]
+        text += ("\n\nThe sections come from more than one run of `benchmarks/run.py` (a partial run replaces the "
+                 f"sections it measured and keeps the others; the last one ran {', '.join(results.get('last_run_sections', []))}; "
+                 "the table above describes it):\n\n"
+                 + _table(["section", "measured", "hf2mlc commit", "load average at the run's start", "at its end"], runs))
+    return text
 
 
 def _checkpoint(results: dict[str, Any]) -> str:
@@ -267,7 +302,7 @@ def _anchor(results: dict[str, Any]) -> str:
     if not a:
         return "Not run."
     hf, ll, r = a["hf2mlc"], a["llama"], a["ratios"]
-    m = results["machine"]
+    m, stamp = results["machine"], when(results, "anchor")
     shared = max((run.get("other_cores") or 0) for run in (hf["convert"], hf["speed"], ll["quantize"], ll["speed"])) > 0.5
     # on a shared machine a ratio says how the two cope with the load, not how they compare idle
     met = lambda ok: ("met" if ok else "**not met**") + (" (machine shared: rerun idle)" if shared else "")  # noqa: E731
@@ -284,11 +319,12 @@ def _anchor(results: dict[str, Any]) -> str:
     ]
     table = _table(["same checkpoint, {} threads, one run".format(a["threads"]), "hf2mlc", f"llama.cpp {ll['version']}",
                     "hf2mlc / llama.cpp", "goal", "status", "other work (cores): hf2mlc / llama.cpp"], rows)
-    load = m.get("load_at_start") or {}
     return table + (
-        f"\n\nMeasured {m.get('date', '')} on {m.get('cpu_model', '')}, {m.get('cores', '?')} usable cores, hf2mlc commit {m.get('commit', '?')}; load average "
-        f"at the start of the run {load.get('load_1m', '?')} / {load.get('load_5m', '?')} / {load.get('load_15m', '?')}. "
-        "\"other work\" is how many cores other processes kept busy during each measurement: when it is well above 0 "
+        f"\n\nMeasured {stamp.get('date', '')} on {m.get('cpu_model', '')}, {m.get('cores', '?')} usable cores, hf2mlc commit "
+        f"{stamp.get('commit', '?')}; load average at the start of that run {_load_text(stamp.get('load_at_start'))}; both "
+        "sides of every ratio in one run, one after the other. "
+        + _convert_elsewhere(results)
+        + "\"other work\" is how many cores other processes kept busy during each measurement: when it is well above 0 "
         "the machine was shared and every figure here is slower than on an idle machine (spinning thread pools, "
         "llama.cpp's OpenMP and TVM's alike, suffer most in decode). "
         f"hf2mlc: `convert_weights` to `{a['quantization']}` from the safetensors checkpoint (page cache warm), then the "
@@ -332,6 +368,20 @@ def line_extrapolation(line: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _convert_elsewhere(results: dict[str, Any], *, brief: bool = False) -> str:
+    """When the convert section was measured in another run than the anchor: its q4f16_0 time, said not
+    to be part of the ratio (a ratio is only ever taken within one run)."""
+    q4 = (results.get("convert") or {}).get("q4f16_0")
+    if not q4 or not results.get("anchor") or _run_of(when(results, "convert")) == _run_of(when(results, "anchor")):
+        return ""
+    stamp = when(results, "convert")
+    if brief:
+        return f"; the convert section's {_s(q4['seconds'])} (median) is from another run ({stamp.get('date')}), not in this ratio"
+    return (f"The convert section comes from another run ({stamp.get('date')}, commit {stamp.get('commit')}): "
+            f"`q4f16_0` {_s(q4['seconds'])} (median); a ratio is only formed within one run, so it is not divided by "
+            "this llama.cpp time. ")
+
+
 def goals_11(results: dict[str, Any]) -> list[list[str]]:
     """Issue 11's goals: the anchor's ratios and the LINE-scale run, met or not as measured."""
     rows: list[list[str]] = []
@@ -343,7 +393,10 @@ def goals_11(results: dict[str, Any]) -> list[list[str]]:
         rows += [
             ["host q4f16_0 prefill vs llama.cpp Q4_0 (same checkpoint, 2 threads)", "≥ 1.0×", f"{r['prefill']:.2f}×", verdict(r["prefill"] >= 1)],
             ["host q4f16_0 decode vs llama.cpp Q4_0", "≥ 1.0×", f"{r['decode']:.2f}×", verdict(r["decode"] >= 1)],
-            ["q4f16_0 conversion time vs llama.cpp's Q4_0 quantize", "≤ 1.0×", f"{r['convert_time']:.2f}×", verdict(r["convert_time"] <= 1)],
+            ["q4f16_0 conversion time vs llama.cpp's Q4_0 quantize", "≤ 1.0×",
+             f"{r['convert_time']:.2f}× ({_s(a['hf2mlc']['convert']['call_seconds'])} vs "
+             f"{_s(a['llama']['quantize']['call_seconds'])}, one run){_convert_elsewhere(results, brief=True)}",
+             verdict(r["convert_time"] <= 1)],
         ]
     else:
         rows += [["side by side with llama.cpp", "", "not measured", "–"]]
@@ -414,19 +467,6 @@ def _line(results: dict[str, Any]) -> str:
     )
 
 
-def splice_section(previous: str, heading: str, body: str) -> str:
-    """``previous`` with the section under ``heading`` replaced by ``body`` (or added before the
-    workflow section): a run of one section updates its part of RESULTS.md and keeps the rest."""
-    section = f"{heading}\n\n{body.strip()}\n"
-    start = previous.find(heading + "\n")
-    if start < 0:
-        anchor = previous.find("\n## Workflow reruns")
-        start = end = anchor + 1 if anchor >= 0 else len(previous)
-        return previous[:start] + section + "\n" + previous[end:]
-    end = previous.find("\n## ", start + len(heading))
-    return previous[:start] + section + (previous[end:] if end >= 0 else "")
-
-
 def _workflow(results: dict[str, Any]) -> str:
     wf = results.get("workflow")
     if not wf:
@@ -467,14 +507,8 @@ def _goals_11_text(results: dict[str, Any]) -> str:
 
 
 def render(results: dict[str, Any], previous: str | None = None) -> str:
-    """The whole report; a run of only the anchor and/or line sections updates those sections (and the
-    issue-11 goals, from this run's numbers alone) of ``previous``."""
-    spliced = {"anchor": (ANCHOR_HEADING, _anchor), "line": (LINE_HEADING, _line)}
-    if previous and set(results["sections"]) <= {"checkpoint", *spliced} and set(results["sections"]) & set(spliced):
-        for name, (heading, part) in spliced.items():
-            if name in results["sections"]:
-                previous = splice_section(previous, heading, part(results))
-        return splice_section(previous, GOALS_11_HEADING, _goals_11_text(results))
+    """The whole report from the (merged) raw numbers, however many runs measured them; of
+    ``previous`` (the report it replaces) only the hand-written notes are kept."""
     scale = results["scale"]
     s = results["shape"]
     title = ("LINE-shaped 3.6B checkpoint" if scale == "full"

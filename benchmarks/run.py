@@ -399,6 +399,50 @@ def clean(bench: Bench) -> None:
         path.unlink()
 
 
+def provenance(results: dict[str, Any]) -> dict[str, Any]:
+    """When, under which commit and with how much other load a run measured its sections."""
+    m = results.get("machine") or {}
+    return {"run": results.get("started"), "date": m.get("date"), "commit": m.get("commit"),
+            "load_at_start": m.get("load_at_start"), "load_at_end": results.get("load_at_end"), "settings": results.get("settings")}
+
+
+def _section_of_error(key: str) -> str:
+    """The section an entry of ``errors`` belongs to ("compile iphone-q4f16_0" -> "compile")."""
+    return key.split(" ", 1)[0]
+
+
+def merge_results(previous: dict[str, Any] | None, current: dict[str, Any], ran: list[str]) -> dict[str, Any]:
+    """The raw numbers a report is written from: this run's sections (``ran``) over those of the last
+    run of the same scale, so that a partial run (``--sections anchor``) replaces what it measured and
+    keeps the rest, each section with the run it came from (``measured``: date, commit, load, settings).
+
+    A section that failed this time loses its old numbers (its error says why).  A previous run of
+    another scale or MLP dtype is not merged with: its numbers describe another model.
+    """
+    stamp = provenance(current)
+    keep = (previous is not None and previous.get("scale") == current["scale"]
+            and previous.get("ffn_out_dtype") == current["ffn_out_dtype"])
+    merged: dict[str, Any] = json.loads(json.dumps(previous, default=str)) if keep else {}
+    if keep and "measured" not in merged:  # written before runs were merged: one run measured all of it
+        merged["measured"] = {name: provenance(previous) for name in SECTIONS if name in previous}
+    measured = merged.setdefault("measured", {})
+    for name in ran:
+        if name in current:
+            merged[name] = current[name]
+        else:
+            merged.pop(name, None)
+        measured[name] = stamp
+    errors = {k: v for k, v in (merged.get("errors") or {}).items() if _section_of_error(k) not in ran}
+    errors.update(current.get("errors") or {})
+    merged["errors"] = errors
+    merged["section_seconds"] = {**(merged.get("section_seconds") or {}), **(current.get("section_seconds") or {})}
+    for key in ("scale", "shape", "ffn_out_dtype", "settings", "machine", "started", "total_seconds", "load_at_end"):
+        merged[key] = current.get(key)
+    merged["sections"] = [name for name in SECTIONS if name in measured]
+    merged["last_run_sections"] = list(ran)
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=tuple(SETTINGS), default="full")
@@ -430,10 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results_path = args.results or SETTINGS[scale]["results"] or work / f"RESULTS-{scale}.md"
-    if args.render:  # e.g. after a change to report.py: the numbers stay those of the run
-        results = json.loads((work / scale / f"results-{scale}.json").read_text())
-        previous = results_path.read_text(encoding="utf-8") if results_path.is_file() else None
-        results_path.write_text(report.render(results, previous=previous))
+    raw = work / scale / f"results-{scale}.json"
+    if args.render:  # e.g. after a change to report.py: the numbers stay those of the runs
+        write_report(results_path, json.loads(raw.read_text()))
         print(f"wrote {results_path}", file=sys.stderr)
         return 0
 
@@ -452,13 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     bench.settings = {**bench.settings, **overrides}
     bench.results["settings"].update(overrides)
     bench.results["machine"] = machine.describe(REPO, work)
-    bench.results["sections"] = sections
+    bench.results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())  # tells runs apart (merge_results)
     start = time.perf_counter()
     if "checkpoint" not in sections and any(s in sections for s in ("convert", "compile", "host", "anchor", "line")):
         sections = ["checkpoint", *sections]  # the others need it; reused when present
-    for name in SECTIONS:
-        if name not in sections:
-            continue
+    ran = [name for name in SECTIONS if name in sections]
+    bench.results["sections"] = ran
+    for name in ran:
         print(f"[{name}] load {machine.load()}", file=sys.stderr)
         section_start = time.perf_counter()
         try:
@@ -471,13 +514,20 @@ def main(argv: list[str] | None = None) -> int:
     bench.results["load_at_end"] = machine.load()
     if args.clean:
         clean(bench)
-    raw = bench.out / f"results-{scale}.json"
-    raw.write_text(json.dumps(bench.results, indent=1, default=str))
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    previous = results_path.read_text(encoding="utf-8") if results_path.is_file() else None
-    results_path.write_text(report.render(bench.results, previous=previous))
-    print(f"wrote {results_path} (raw numbers: {raw})", file=sys.stderr)
+    previous = json.loads(raw.read_text()) if raw.is_file() else None
+    merged = merge_results(previous, bench.results, ran)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(merged, indent=1, default=str))
+    write_report(results_path, merged)
+    print(f"wrote {results_path} (raw numbers, this run's sections merged into the last run's: {raw})", file=sys.stderr)
     return 1 if bench.results["errors"] else 0
+
+
+def write_report(path: Path, results: dict[str, Any]) -> None:
+    """RESULTS.md from the merged raw numbers, keeping the hand-written notes of the file it replaces."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = path.read_text(encoding="utf-8") if path.is_file() else None
+    path.write_text(report.render(results, previous=previous))
 
 
 if __name__ == "__main__":

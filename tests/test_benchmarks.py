@@ -144,15 +144,68 @@ localrule all:
     assert workflow_bench.jobs_in_log("Nothing to be done (all requested files are present and up to date).") == []
 
 
-def test_a_one_section_run_replaces_only_its_section_of_the_report() -> None:
+def _run(date: str, commit: str, load: float, sections: dict, errors: dict | None = None, scale: str = "full") -> dict:
+    """A run's raw numbers as run.py writes them (only the keys merging and the report read)."""
+    load_at = {"load_1m": load, "load_5m": load, "load_15m": load, "mem_available_gib": 20.0}
+    return {"scale": scale, "shape": dict(TINY), "ffn_out_dtype": "float32", "settings": {"convert_repeats": 3},
+            "machine": {"date": date, "commit": commit, "load_at_start": load_at}, "load_at_end": load_at,
+            "errors": errors or {}, "section_seconds": {name: 1.0 for name in sections}, "sections": list(sections),
+            **sections}
+
+
+def test_a_partial_run_merges_into_the_last_runs_numbers() -> None:
+    from benchmarks.run import merge_results
+
+    full = _run("2026-12-01 18:58 UTC", "7e332d2", 7.5,
+                {"checkpoint": {"action": "reused"}, "convert": {"q4f16_0": {"seconds": 24.7}},
+                 "compile": {"host-q0f16": {"error": "boom"}}, "line": {"seconds": 1475.5}},
+                errors={"compile host-q0f16": "boom", "line": "late"})
+    assert "measured" not in full  # written before merging existed: one run measured everything
+    anchor_only = _run("2026-12-01 19:44 UTC", "10cc9c8", 1.2, {"checkpoint": {"action": "reused"}, "anchor": {"ratios": {}}})
+    merged = merge_results(full, anchor_only, ["checkpoint", "anchor"])
+    assert merged["convert"] == full["convert"] and merged["line"] == full["line"] and merged["anchor"] == anchor_only["anchor"]
+    assert merged["sections"] == ["checkpoint", "convert", "compile", "anchor", "line"]
+    assert merged["measured"]["convert"]["commit"] == "7e332d2" and merged["measured"]["line"]["load_at_start"]["load_1m"] == 7.5
+    assert merged["measured"]["anchor"]["commit"] == "10cc9c8" and merged["measured"]["checkpoint"]["date"].startswith("2026-12-01 19:44")
+    assert merged["errors"] == full["errors"] and merged["last_run_sections"] == ["checkpoint", "anchor"]
+    assert merged["machine"]["commit"] == "10cc9c8"  # the latest run's machine; each section keeps its own stamp
+    assert "measured" not in full  # the previous run's numbers are not modified
+    # a rerun section replaces its numbers and its errors; one that fails now loses its old numbers
+    again = _run("2026-12-01 21:00 UTC", "abc1234", 0.3, {"compile": {"host-q0f16": {"seconds": 12.0}}}, errors={"line": "killed"})
+    merged2 = merge_results(merged, again, ["compile", "line"])
+    assert merged2["compile"] == {"host-q0f16": {"seconds": 12.0}} and "line" not in merged2
+    assert merged2["errors"] == {"line": "killed"} and merged2["measured"]["line"]["commit"] == "abc1234"
+    assert merged2["measured"]["anchor"]["commit"] == "10cc9c8" and merged2["convert"] == full["convert"]
+    # another scale's numbers describe another model: nothing is kept
+    tiny = _run("2026-12-01 21:05 UTC", "abc1234", 0.3, {"anchor": {"ratios": {}}}, scale="tiny")
+    assert merge_results(merged2, tiny, ["anchor"])["sections"] == ["anchor"]
+
+
+def test_ratios_against_llama_cpp_come_from_one_run() -> None:
+    from benchmarks.run import merge_results
+
+    side = {"convert": {"call_seconds": 20.0}, "speed": {"prefill_tokens_per_s": 15.0, "decode_tokens_per_s": 3.0}}
+    anchor = {"threads": 2, "prompt_len": 32, "decode_tokens": 16, "quantization": "q4f16_0", "hf2mlc": side,
+              "llama": {"quantize": {"call_seconds": 18.8}, "speed": {"prefill_tokens_per_s": 26.0, "decode_tokens_per_s": 8.5},
+                        "gguf": {"seconds": 12.9, "bytes": 7.4e9}, "version": "0.3.36", "system_info": "AVX2 = 1"},
+              "ratios": {"convert_time": 20.0 / 18.8, "prefill": 15.0 / 26.0, "decode": 3.0 / 8.5}}
+    first = _run("2026-12-01 19:44 UTC", "10cc9c8", 1.2, {"anchor": anchor})
+    row = next(r for r in report.goals_11(first) if r[0].startswith("q4f16_0 conversion"))
+    assert row[2] == "1.06× (20.0 s vs 18.8 s, one run)" and row[3] == "**not met**"
+    later = _run("2026-12-01 22:30 UTC", "abc1234", 0.2, {"convert": {"q4f16_0": {"seconds": 15.0}}})
+    merged = merge_results(first, later, ["convert"])
+    row = next(r for r in report.goals_11(merged) if r[0].startswith("q4f16_0 conversion"))
+    # the newer hf2mlc time is reported beside the ratio, never divided by the older llama.cpp time
+    assert row[2] == ("1.06× (20.0 s vs 18.8 s, one run); the convert section's 15.0 s (median) is from another run "
+                      "(2026-12-01 22:30 UTC), not in this ratio")
+    assert "0.80×" not in row[2] and report.mixed_runs(merged) and not report.mixed_runs(first)
+    assert "not divided by this llama.cpp time" in report._anchor(merged) and "commit 10cc9c8" in report._anchor(merged)
+
+
+def test_kept_notes_survive_a_rewrite() -> None:
     previous = "# R\n\n## Host prefill and decode\n\nold host\n\n## Workflow reruns\n\nold workflow\n"
-    added = report.splice_section(previous, "## Anchor", "first")
-    assert added == "# R\n\n## Host prefill and decode\n\nold host\n\n## Anchor\n\nfirst\n\n## Workflow reruns\n\nold workflow\n"
-    replaced = report.splice_section(added, "## Anchor", "second")
-    assert replaced == added.replace("first", "second")
-    assert report.splice_section("# R\n", "## Anchor", "x") == "# R\n## Anchor\n\nx\n\n"
-    notes = f"{added}\n{report.NOTES_HEADING}\n\nwhy not\n\n## Errors\n\nx\n"
-    assert report._kept_notes(notes) == [report.NOTES_HEADING, "why not"] and report._kept_notes(added) == []
+    notes = f"{previous}\n{report.NOTES_HEADING}\n\nwhy not\n\n## Errors\n\nx\n"
+    assert report._kept_notes(notes) == [report.NOTES_HEADING, "why not"] and report._kept_notes(previous) == []
 
 
 def test_workflow_sync_copies_only_changes(tmp_path: Path) -> None:
@@ -259,6 +312,12 @@ def test_harness_converts_and_matches_the_baseline_bit_for_bit(tmp_path: Path) -
     for needle in ("| CPU |", "| cores (usable) | ", "| memory |", "| date |", "load average at start", "Packages: python",
                    "## Goals (issue 6)", "bit for bit identical"):
         assert needle in text, needle
+    # a later partial run keeps these numbers: merged into the raw file, the report rendered from it
+    merged, text = _run_harness(tmp_path / "work", "--sections", "checkpoint")
+    assert merged["convert"] == results["convert"] and merged["sections"] == ["checkpoint", "convert"]
+    assert merged["measured"]["convert"] == {**results["measured"]["convert"]}
+    assert merged["checkpoint"]["action"] == "reused" and merged["last_run_sections"] == ["checkpoint"]
+    assert "bit for bit identical" in text and "The sections come from more than one run" in text
 
 
 @pytest.mark.slow

@@ -217,6 +217,18 @@ def test_fast_path_is_bit_identical(q):
     np.testing.assert_array_equal(fast_s.view(f"u{fast_s.itemsize}"), ref_s.view(f"u{ref_s.itemsize}"))
 
 
+@pytest.mark.parametrize("q", [Q4F16_1, Q3F16_1], ids=lambda q: q.name)
+def test_fast_path_whole_groups_regrouped_rows(q):
+    # Rows of whole groups (the converter's case: every LINE matrix), read through a row permutation
+    # and transposed, as the fused QKV weight is: equal to the reference on the permuted rows.
+    w = _awkward_weights(np.random.default_rng(11), (96, 6 * q.group_size), q.model_dtype)
+    order = np.random.default_rng(12).permutation(w.shape[0])
+    ref_w, ref_s = quantize(w[order], q)
+    fast_w, fast_s = quantize_rows_fast(w, q, transpose=True, threads=2, block_rows=7, row_order=order)
+    np.testing.assert_array_equal(fast_w, ref_w.T)
+    np.testing.assert_array_equal(fast_s.view(np.uint16), ref_s.T.view(np.uint16))
+
+
 def test_fast_path_exhaustive_float16_quotients():
     # Every finite float16 value as a weight, under a spread of scales: all rounding paths.
     allw = np.arange(0, 0x7C00, dtype=np.uint16).view(np.float16)

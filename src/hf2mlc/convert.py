@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .errors import UserError
 from .manifest import atomic_output_dir
 from .model.gpt_neox.config import GPTNeoXConfig
-from .model.gpt_neox.loader import GPTNeoXCheckpoint, SourceReader, reorder_qkv
+from .model.gpt_neox.loader import GPTNeoXCheckpoint, SourceReader, qkv_row_order, reorder_qkv
 from .model.gpt_neox.params import ParamSpec, param_specs
 from .quantization import (
     DEFAULT_CALIBRATION_TEXT,
@@ -89,8 +89,15 @@ class _Calibrated:
     errors: dict[str, float]
 
 
+def _regroups_while_quantizing(job: _Job, fast: bool, calibrated: bool) -> bool:
+    """Whether a fused-QKV weight is read as stored and regrouped by the fast quantizer block by block
+    (``row_order``), which saves a copy of the whole weight; the other paths read it regrouped."""
+    return job.reorder_qkv and fast and not calibrated and job.specs[0].transform == "q_weight"
+
+
 def _compute(
-    job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads: int | None, calibrated: _Calibrated | None = None
+    job: _Job, source: np.ndarray, q: Quantization, fast: bool, threads: int | None, calibrated: _Calibrated | None = None,
+    row_order: np.ndarray | None = None,
 ) -> list[tuple[str, np.ndarray]]:
     first = job.specs[0]
     if first.transform == "cast":
@@ -107,7 +114,7 @@ def _compute(
         )
     else:
         q_weight, q_scale = (
-            quantize_rows_fast(source, q, transpose=q.linear_weight_layout == "KN", threads=threads)
+            quantize_rows_fast(source, q, transpose=q.linear_weight_layout == "KN", threads=threads, row_order=row_order)
             if fast
             else quantize_linear(source, q)
         )
@@ -294,14 +301,16 @@ def _convert(
             load = layers.load
         else:
             def load(job: _Job) -> tuple[np.ndarray, None]:
-                return reader.read(job.source, reorder=job.reorder_qkv), None
+                return reader.read(job.source, reorder=job.reorder_qkv and not _regroups_while_quantizing(job, fast, False)), None
 
         with atomic_output_dir(out_dir) as tmp:
             writer = TensorCacheWriter(tmp, shard_cap_mb=shard_cap_mb, encode_format="f32-to-bf16", background=fast)
             sources = _read_ahead(jobs, load) if fast else ((job, load(job)) for job in jobs)
             try:
                 for job, (source, calibrated) in sources:
-                    computed = _compute(job, source, q, fast, threads, calibrated)
+                    row_order = (qkv_row_order(source.shape[0], config.num_attention_heads)
+                                 if _regroups_while_quantizing(job, fast, layers is not None) else None)
+                    computed = _compute(job, source, q, fast, threads, calibrated, row_order)
                     for (name, array), spec in zip(computed, job.specs, strict=True):
                         if tuple(array.shape) != spec.shape or str(array.dtype) != spec.dtype:
                             raise AssertionError(f"{name}: made {array.shape} {array.dtype}, spec {spec.shape} {spec.dtype}")

@@ -47,7 +47,7 @@ _ENCODE_FORMATS = ("raw", "f32-to-bf16")
 #: Elements encoded per slice when a large float32 tensor is written (keeps temporaries small).
 _SLICE_ELEMS = 1 << 22
 #: Bytes per write of other tensors (zero-copy slices; lets the disk thread start early).
-_SLICE_BYTES = 16 << 20
+_SLICE_BYTES = 1 << 20
 
 # The largest float32 whose upper half is a finite bfloat16; larger magnitudes are truncated.
 _BF16_LIMIT = np.array([np.finfo(np.float32).max], dtype=np.float32).view(np.uint32)[0] >> 16 << 16

@@ -147,36 +147,45 @@ def quantize_embedding(weight_vh: np.ndarray, q: Quantization) -> tuple[np.ndarr
 #
 # Every float16 operation above is "compute in float32, round once to float16" (numpy does exactly
 # that, and so does LLVM for half arithmetic on CPUs without native fp16).  Here values stay in
-# float32 and only the rounding to float16 precision is applied, with integer bit operations (round
-# half to even at bit 13), which is much cheaper than casting back and forth.  The bit trick is the
-# exact float16 rounding over float16's normal range; outside it the two can differ only where the
-# final integer cannot: a quotient below 2**-14 becomes exactly max_int after "+ max_int" either way,
-# and one beyond float16's range (inf there, a large finite value here) clips to the same end.
+# float32 and only the rounding to float16 precision is applied: adding and subtracting an offset of
+# 1.5 * 2**13 times the value's own power of two, so that the hardware rounds half to even at float16's
+# bit (cheaper than casting back and forth).  That is the exact float16 rounding over float16's normal
+# range; outside it the two can differ only where the final integer cannot: a quotient below 2**-14
+# becomes exactly max_int after "+ max_int" either way, and one beyond float16's range (inf there, a
+# large finite value here) clips to the same end.
 # Other shortcuts, each exact:
-# * float16 -> float32 by bits: (|h| << 13) reinterpreted as float32 times 2**112, sign OR-ed in
-#   (numpy's own cast is a scalar loop, ten times slower);
-# * max |w| per group as an integer max over the float16 bit patterns without sign (monotonic);
+# * float16 -> float32 by bits: the magnitude shifted left by 13 and reinterpreted is the value times
+#   2**-112 (numpy's own cast is a scalar loop, ten times slower); the general route multiplies by
+#   2**112, rows of whole power-of-two groups divide by the scale times 2**-112 instead;
+# * max |w| per group as an integer max over the float16 bit patterns without sign (monotonic),
+#   for power-of-two groups by halving adjacent pairs;
+# * the divisor repeated to one value per weight (a contiguous divide);
 # * clip with np.clip, then the groups whose scale is 0 (the only source of NaN: 0/0) are set as
-#   TVM sets them: +inf -> 2*max_int, -inf and NaN -> 0.
+#   TVM sets them, from the quotient's sign before rounding: +inf -> 2*max_int, -inf and NaN -> 0.
 # Blocks holding inf or NaN weights take the plain path.  tests/test_quantization.py checks every
-# finite float16 value under a range of scales, ragged axes, int3 and float32 models.
+# finite float16 value under a range of scales, ragged axes, permuted rows, int3 and float32 models.
 # ---------------------------------------------------------------------------------------------
 
-_MASK_F16 = np.uint32(0xFFFFE000)
-_HALF_F16 = np.uint32(0x0FFF)
-_ONE = np.uint32(1)
+_SIGN_EXPONENT = np.uint32(0xFF800000)
+_ROUNDING_OFFSET = np.float32(1.5 * 2.0**13)
 _TWO_POW_112 = np.float32(2.0**112)
-_BLOCK_ELEMS = 1 << 17  # ~0.5 MB of float32 per block: stays in cache, keeps the GIL free long enough
+_TWO_POW_MINUS_112 = np.float32(2.0**-112)
+_BLOCK_ELEMS = 1 << 19  # 2 MB of float32 per block: fewer numpy calls per byte, so fewer GIL hand-overs between threads
 
 
 def _round_to_f16_precision(values: np.ndarray, tmp: np.ndarray) -> None:
-    """In place: round float32 ``values`` to 11 significant bits, half to even (``tmp``: uint32 scratch)."""
-    bits = values.view(np.uint32)
-    np.right_shift(bits, 13, out=tmp)
-    np.bitwise_and(tmp, _ONE, out=tmp)
-    tmp += _HALF_F16
-    bits += tmp
-    bits &= _MASK_F16
+    """In place: round float32 ``values`` to 11 significant bits, half to even (``tmp``: uint32 scratch).
+
+    Adding ``c = ±1.5 * 2**(e + 13)`` (``±2**e``: the value's own sign and power of two) puts the sum
+    where float32's spacing is 2**(e - 10), float16's at ``e``, so the hardware rounds it half to even
+    to exactly those bits, and subtracting ``c`` again is exact: four passes, one fewer than integer
+    rounding at bit 13.  inf becomes NaN (only ever a quotient by a zero scale, fixed afterwards).
+    """
+    np.bitwise_and(values.view(np.uint32), _SIGN_EXPONENT, out=tmp)
+    offset = tmp.view(np.float32)
+    offset *= _ROUNDING_OFFSET
+    values += offset
+    values -= offset
 
 
 class _Scratch(threading.local):
@@ -197,6 +206,49 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
+def _group_max_magnitude(h: np.ndarray, gs: int) -> np.ndarray:
+    """max |w| per group of ``gs`` (a power of two) consecutive float16 bit patterns ``h`` (flat uint16),
+    as uint16 bits.  Halving adjacent pairs through a uint32 view, level by level: numpy's reduce
+    over a 32-long axis pays its per-row overhead on every group, which made it the costliest step
+    of the quantizer."""
+    pairs = h.view(np.uint32) & np.uint32(0x7FFF7FFF)  # both signs dropped: magnitudes order as ints
+    while True:
+        values = np.maximum(pairs >> np.uint32(16), pairs & np.uint32(0xFFFF)).astype(np.uint16)
+        gs //= 2
+        if gs == 1:
+            return values
+        pairs = values.view(np.uint32)
+
+
+def _load_aligned_half(src: np.ndarray, q: Quantization, u32: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """float16 rows whose length is a whole number of power-of-two groups: their values times 2**-112
+    into ``u32`` (as float32 bits), and the scales with the divisor (the scales times 2**-112), in fewer
+    passes than the general route (None: inf/NaN weights).  Both operands of the division scaled by
+    the same power of two (exactly: every float16 times 2**-112 is a float32, subnormal or not) give
+    the same correctly rounded quotient."""
+    rows, k = src.shape
+    h = np.ascontiguousarray(src).view(np.uint16)
+    max_bits = _group_max_magnitude(h.reshape(-1), q.group_size).reshape(rows, k // q.group_size)
+    if max_bits.size and max_bits.max() >= 0x7C00:
+        return None
+    # float16 -> float32 by bits with the sign in place: sign-extended to 32 bits and shifted left by
+    # 13, the sign lands in bit 31 and its three copies above the exponent are cleared.
+    bits = u32.view(np.int32).reshape(rows, k)
+    np.copyto(bits, h.view(np.int16))
+    bits <<= 13
+    u32 &= np.uint32(0x8FFFFFFF)
+    mi = np.float32(q.max_int_value)
+    if max_bits.size and max_bits.min() >= np.array(q.max_int_value * 2.0**-14, np.float16).view(np.uint16):
+        # Every scale a normal float16: max / max_int rounded to float16 is the same rounding of the
+        # quotient times 2**-112 (a normal float32), whose bits shifted right by 13 are the scale's.
+        divisor = (max_bits.astype(np.uint32) << np.uint32(13)).view(np.float32)
+        divisor /= mi
+        _round_to_f16_precision(divisor, np.empty(divisor.shape, np.uint32))
+        return (divisor.view(np.uint32) >> np.uint32(13)).astype(np.uint16).view(np.float16), divisor
+    scale = (max_bits.view(np.float16).astype(np.float32) / mi).astype(np.float16)
+    return scale, scale.astype(np.float32) * _TWO_POW_MINUS_112
+
+
 def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.ndarray]:
     """Quantize rows ``src`` [r, k] along k; returns (words [r, n_storage], scale [r, n_group])."""
     rows, k = src.shape
@@ -206,9 +258,15 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
     if src.dtype != np.dtype(q.model_dtype):
         src = src.astype(q.model_dtype)  # MLC casts to the model dtype before quantizing
     u32, tmp, u16 = _SCRATCH.get(rows * width)
-    bits = u32.reshape(rows, width)
     f = u32.view(np.float32).reshape(rows, width)
-    if half:
+    aligned = half and width == k and gs > 1 and gs & (gs - 1) == 0
+    if aligned:
+        loaded = _load_aligned_half(src, q, u32)
+        if loaded is None:
+            return quantize(src, q)  # inf or NaN weights: the reference semantics
+        scale, divisor = loaded
+    elif half:
+        bits = u32.reshape(rows, width)
         h = np.ascontiguousarray(src).view(np.uint16)
         mag = u16.reshape(rows, width)
         np.bitwise_and(h, np.uint16(0x7FFF), out=mag[:, :k])
@@ -217,6 +275,7 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         if max_bits.size and max_bits.max() >= 0x7C00:
             return quantize(src, q)  # inf or NaN weights: the reference semantics
         scale = (max_bits.view(np.float16).astype(np.float32) / np.float32(mi)).astype(np.float16)
+        divisor = scale.astype(np.float32)
         sign = tmp.reshape(rows, width)
         np.bitwise_and(h, np.uint16(0x8000), out=sign[:, :k], casting="unsafe")
         sign[:, k:] = 0
@@ -232,10 +291,13 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         max_abs = magnitude.reshape(rows, n_group, gs).max(axis=-1)
         if max_abs.size and not np.isfinite(max_abs).all():
             return quantize(src, q)
-        scale = max_abs / np.float32(mi)
+        scale = divisor = max_abs / np.float32(mi)
     groups = f.reshape(rows, n_group, gs)
+    zero = divisor == 0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        np.divide(groups, scale.astype(np.float32)[..., None], out=groups)
+        # a contiguous divisor (one value per weight) divides faster than a broadcast one
+        np.divide(f, np.repeat(divisor, gs, axis=1), out=f)
+        positive = groups[zero] > 0 if zero.any() else None  # w / 0: +inf, -inf, NaN (0 / 0)
         if half:
             _round_to_f16_precision(u32.view(np.float32), tmp)
         f += np.float32(mi)
@@ -244,10 +306,8 @@ def _quantize_block(src: np.ndarray, q: Quantization) -> tuple[np.ndarray, np.nd
         np.rint(f, out=f)
         np.clip(f, 0, 2 * mi, out=f)
         values = f.astype(np.uint8)
-    zero = scale == 0
-    if zero.any():  # w / 0: +inf -> 2*max_int; -inf and NaN (0/0) -> 0, as TVM's select-based clip
-        v_groups = values.reshape(rows, n_group, gs)
-        v_groups[zero] = np.where(groups[zero] > 0, 2 * mi, 0)
+    if positive is not None:  # w / 0: +inf -> 2*max_int; -inf and NaN (0/0) -> 0, as TVM's select-based clip
+        values.reshape(rows, n_group, gs)[zero] = np.where(positive, 2 * mi, 0)
     values[:, k:] = 0  # padding packs as zero bits, not as max_int
     n_storage = q.num_storage(k)
     if q.bits == 4 and q.storage_dtype == "uint32" and sys.byteorder == "little":
@@ -274,17 +334,23 @@ def quantize_rows_fast(
     transpose: bool = False,
     threads: int | None = None,
     block_rows: int | None = None,
+    row_order: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`quantize` along the last axis of a 2-D ``weight``, bit-identical, on ``threads`` cores.
 
     ``transpose=True`` returns both outputs transposed (the "KN" layout) without a separate copy.
-    Row blocks are independent, so threads split them; numpy releases the GIL inside each operation.
+    ``row_order`` quantizes ``weight[row_order]`` (a row permutation such as the fused-QKV regrouping)
+    block by block, without a reordered copy of the whole weight.  Row blocks are independent:
+    threads take the next one as they finish (numpy releases the GIL inside each operation), the
+    calling thread among them.
     """
     _require_group(q)
     weight = np.asarray(weight)
     if weight.ndim != 2:
         raise ValueError(f"quantize_rows_fast takes a 2-D weight, got shape {weight.shape}")
     rows, k = weight.shape
+    if row_order is not None and np.shape(row_order) != (rows,):
+        raise ValueError(f"row_order must list {rows} rows, got shape {np.shape(row_order)}")
     n_storage, n_group = q.num_storage(k), q.num_groups(k)
     if transpose:
         out_w = np.empty((n_storage, rows), np.uint32)
@@ -296,7 +362,8 @@ def quantize_rows_fast(
 
     def run(start: int) -> None:
         stop = min(rows, start + step)
-        words, scale = _quantize_block(weight[start:stop], q)
+        block = weight[start:stop] if row_order is None else weight[row_order[start:stop]]
+        words, scale = _quantize_block(block, q)
         if transpose:
             out_w[:, start:stop] = words.T
             out_s[:, start:stop] = scale.T
@@ -304,13 +371,24 @@ def quantize_rows_fast(
             out_w[start:stop] = words
             out_s[start:stop] = scale
 
-    starts = range(0, rows, step)
-    workers = min(_worker_count(threads), len(starts))
-    if workers <= 1:
-        for start in starts:
+    starts = iter(range(0, rows, step))
+    taking = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with taking:
+                start = next(starts, None)
+            if start is None:
+                return
             run(start)
+
+    workers = min(_worker_count(threads), -(-rows // step))
+    if workers <= 1:
+        drain()
     else:
-        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="quantize") as pool:
-            for future in [pool.submit(run, start) for start in starts]:
-                future.result()
+        with concurrent.futures.ThreadPoolExecutor(workers - 1, thread_name_prefix="quantize") as pool:
+            helpers = [pool.submit(drain) for _ in range(workers - 1)]
+            drain()
+            for helper in helpers:
+                helper.result()
     return out_w, out_s

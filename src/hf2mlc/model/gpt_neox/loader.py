@@ -87,6 +87,12 @@ def reorder_qkv(array: np.ndarray, num_heads: int) -> np.ndarray:
     return np.ascontiguousarray(out).reshape(array.shape)
 
 
+def qkv_row_order(rows: int, num_heads: int) -> np.ndarray:
+    """``reorder_qkv(a) == a[qkv_row_order(len(a), num_heads)]``: lets a quantizer that works on row
+    blocks regroup the fused QKV rows as it reads them, instead of copying the whole weight first."""
+    return reorder_qkv(np.arange(rows), num_heads)
+
+
 class SourceReader:
     """Serves the Hugging Face tensors that :func:`param_specs` names as ``source``.
 
