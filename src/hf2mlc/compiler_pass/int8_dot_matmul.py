@@ -20,6 +20,8 @@ the float kernel does; epilogues (bias, GELU, residual add) fuse after it as bef
 
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import tirx
 from tvm.script import tirx as T
@@ -269,9 +271,41 @@ def _rows_kernel(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: 
 
 def kernel(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: str, out_dtype: str) -> tirx.PrimFunc | None:
     """``out[a, b, :] = x[a, b, :] @ dequantize(q_weight, q_scale)`` for ``x`` of shape ``(d0, d1, k)``:
-    the caller's own leading sizes (static or symbolic), so that fusion sees the same buffers."""
+    the caller's leading sizes (static, or symbolic under the caller's names), so that fusion sees the
+    same buffers."""
     if k % _GROUP:
         return None
+    sizes = (_size_key(d0), _size_key(d1))
+    if None in sizes:  # a size expression, not a number or a variable: built for this caller alone
+        return _build(d0, d1, k, n, x_dtype, out_dtype)
+    return _cached(*sizes, k, n, x_dtype, out_dtype)
+
+
+def _size_key(size: tirx.PrimExpr) -> tuple[str, int | str] | None:
+    if isinstance(size, tirx.IntImm):
+        return ("static", int(size))
+    if isinstance(size, tirx.Var):
+        return ("var", size.name)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _cached(d0: tuple[str, int | str], d1: tuple[str, int | str], k: int, n: int, x_dtype: str, out_dtype: str) -> tirx.PrimFunc | None:
+    """One kernel per shape and process, shared by every call site and every build of the process.
+
+    TVMScript's parser walks the whole Python call stack at each prim_func and macro (``inspect.stack``),
+    which made parsing these kernels over a third of a host build's time, more under a deep stack
+    (pytest). A symbolic size becomes a new variable of the caller's name: each PrimFunc binds its
+    own size variables from its buffers, so the kernel does not need the caller's variable object."""
+
+    def size(key: tuple[str, int | str]) -> tirx.PrimExpr:
+        kind, value = key
+        return tirx.IntImm("int64", int(value)) if kind == "static" else tirx.Var(str(value), "int64")
+
+    return _build(size(d0), size(d1), k, n, x_dtype, out_dtype)
+
+
+def _build(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: str, out_dtype: str) -> tirx.PrimFunc | None:
     if _equal_static(d0, 1) and _equal_static(d1, 1):
         return _one_row_kernel(k, n, x_dtype, out_dtype)
     return _rows_kernel(d0, d1, k, n, x_dtype, out_dtype)
