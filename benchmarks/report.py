@@ -297,6 +297,12 @@ def _host(results: dict[str, Any]) -> str:
 ANCHOR_HEADING = "## Side by side with llama.cpp (issue 11)"
 
 
+def _tokens_per_s(speed: dict[str, Any], phase: str) -> str:
+    runs = speed.get(f"{phase}_runs") or []
+    text = f"{speed[f'{phase}_tokens_per_s']:.2f} tok/s"
+    return text + (" (" + ", ".join(f"{v:.1f}" for v in runs) + ")" if len(runs) > 1 else "")
+
+
 def _anchor(results: dict[str, Any]) -> str:
     a = results.get("anchor")
     if not a:
@@ -310,19 +316,20 @@ def _anchor(results: dict[str, Any]) -> str:
         ["fp16 → 4-bit conversion", f"{_s(hf['convert']['call_seconds'])} (`{a['quantization']}`)",
          f"{_s(ll['quantize']['call_seconds'])} (Q4_0)", f"{r['convert_time']:.2f}× the time", "≤ 1.0×",
          met(r["convert_time"] <= 1.0), f"{_others(hf['convert'])} / {_others(ll['quantize'])}"],
-        [f"prefill, {a['prompt_len']} tokens", f"{hf['speed']['prefill_tokens_per_s']:.2f} tok/s",
-         f"{ll['speed']['prefill_tokens_per_s']:.2f} tok/s", f"{r['prefill']:.2f}× the speed", "≥ 1.0×",
-         met(r["prefill"] >= 1.0), f"{_others(hf['speed'])} / {_others(ll['speed'])}"],
-        [f"decode, {a['decode_tokens']} greedy steps", f"{hf['speed']['decode_tokens_per_s']:.2f} tok/s",
-         f"{ll['speed']['decode_tokens_per_s']:.2f} tok/s", f"{r['decode']:.2f}× the speed", "≥ 1.0×",
-         met(r["decode"] >= 1.0), f"{_others(hf['speed'])} / {_others(ll['speed'])}"],
+        [f"prefill, {a['prompt_len']} tokens", _tokens_per_s(hf["speed"], "prefill"), _tokens_per_s(ll["speed"], "prefill"),
+         f"{r['prefill']:.2f}× the speed", "≥ 1.0×", met(r["prefill"] >= 1.0), f"{_others(hf['speed'])} / {_others(ll['speed'])}"],
+        [f"decode, {a['decode_tokens']} greedy steps", _tokens_per_s(hf["speed"], "decode"), _tokens_per_s(ll["speed"], "decode"),
+         f"{r['decode']:.2f}× the speed", "≥ 1.0×", met(r["decode"] >= 1.0), f"{_others(hf['speed'])} / {_others(ll['speed'])}"],
     ]
+    runs = a.get("speed_runs", 1)
     table = _table(["same checkpoint, {} threads, one run".format(a["threads"]), "hf2mlc", f"llama.cpp {ll['version']}",
                     "hf2mlc / llama.cpp", "goal", "status", "other work (cores): hf2mlc / llama.cpp"], rows)
     return table + (
         f"\n\nMeasured {stamp.get('date', '')} on {m.get('cpu_model', '')}, {m.get('cores', '?')} usable cores, hf2mlc commit "
         f"{stamp.get('commit', '?')}; load average at the start of that run {_load_text(stamp.get('load_at_start'))}; both "
-        "sides of every ratio in one run, one after the other. "
+        "sides of every ratio in one run, one after the other"
+        + (f"; {runs} speed runs of each engine, each a fresh process, the engines alternating: tokens/s are the "
+           "medians over runs (within a run: prefill once, decode the median step), the runs in brackets. " if runs > 1 else ". ")
         + _convert_elsewhere(results)
         + "\"other work\" is how many cores other processes kept busy during each measurement: when it is well above 0 "
         "the machine was shared and every figure here is slower than on an idle machine (spinning thread pools, "
