@@ -122,6 +122,57 @@ def _assert_plan(work: Path, expected: set[str], *args: str) -> None:
     assert set(jobs) == expected, f"planned {jobs}, expected {sorted(expected)}"
 
 
+def _comparable(path: Path) -> bytes:
+    """File bytes, except that a manifest's measurements (wall clock, peak memory) are left out."""
+    if path.name != "manifest.json":
+        return path.read_bytes()
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.pop("timings", None)
+    data.pop("resources", None)
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def _copy_of_the_run(built: dict, tmp_path: Path) -> Path:
+    """A fresh workflow copy holding the session run's results and Snakemake metadata (so it is up to date)."""
+    source = built["work"]
+    work = copy_workflow(tmp_path / "wf")
+    shutil.copytree(source / "results", work / "results", symlinks=True)
+    shutil.copytree(source / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
+    return work
+
+
+@pytest.mark.slow
+def test_rebuild_from_empty_results_is_byte_identical(built: dict, tmp_path: Path) -> None:
+    """Every stage after the download run again from nothing gives the same bytes. The download (the demo's
+    training, a third of the run) is kept: test_demo's test_two_builds_are_byte_identical builds it again.
+
+    The module's longest test (a second run of the workflow), so it comes first among the DAG tests: on its
+    own copy of the run, and while it runs the other xdist worker takes the module's shorter tests, instead
+    of idling at the end of the session while this one runs last."""
+    work = _copy_of_the_run(built, tmp_path)
+    first = work / "results-first"
+    shutil.move(work / "results", first)
+    shutil.copytree(first / "download", work / "results" / "download", symlinks=True)
+    jobs = planned_jobs(work, "all")
+    assert jobs and not [job for job in jobs if job.startswith("download[")], jobs
+    snakemake(work, "--cores", "2", "all")
+    second = work / "results"
+    skip = {"logs", "benchmarks"}
+    files = sorted(
+        p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.relative_to(first).parts[0] not in skip
+        and p.name != "versions.jsonl"
+    )
+    assert files, "the first run produced nothing"
+    missing = [str(rel) for rel in files if not (second / rel).is_file()]
+    assert missing == [], "missing from the rebuild"
+    differ = [str(rel) for rel in files if _comparable(first / rel) != _comparable(second / rel)]
+    assert differ == [], "these differ between two builds"
+    for device in ("iphone", "mac"):
+        a = read_manifest(first / "package" / "demo" / device)["version_id"]
+        b = read_manifest(second / "package" / "demo" / device)["version_id"]
+        assert a == b
+
+
 @pytest.mark.slow
 def test_noop_rerun_schedules_nothing(built: dict) -> None:
     start = time.perf_counter()
@@ -307,54 +358,6 @@ def test_every_rule_code_digest_covers_the_modules_its_jobs_loaded(built: dict) 
         seen.add(rule)
     assert seen == {"download", "patch", "convert", "compile", "check", "tokenizer", "reference", "reference_answers",
                     "evaluate", "package"}
-
-
-def _comparable(path: Path) -> bytes:
-    """File bytes, except that a manifest's measurements (wall clock, peak memory) are left out."""
-    if path.name != "manifest.json":
-        return path.read_bytes()
-    data = json.loads(path.read_text(encoding="utf-8"))
-    data.pop("timings", None)
-    data.pop("resources", None)
-    return json.dumps(data, sort_keys=True).encode()
-
-
-@pytest.mark.slow
-def test_rebuild_from_empty_results_is_byte_identical(built: dict) -> None:
-    """Every stage after the download run again from nothing gives the same bytes. The download (the demo's
-    training, a third of the run) is kept: test_demo's test_two_builds_are_byte_identical builds it again."""
-    work = built["work"]
-    first = work / "results-first"
-    if not first.exists():
-        shutil.move(work / "results", first)
-        shutil.copytree(first / "download", work / "results" / "download", symlinks=True)
-        jobs = planned_jobs(work, "all")
-        assert jobs and not [job for job in jobs if job.startswith("download[")], jobs
-        snakemake(work, "--cores", "2", "all")
-    second = work / "results"
-    skip = {"logs", "benchmarks"}
-    files = sorted(
-        p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.relative_to(first).parts[0] not in skip
-        and p.name != "versions.jsonl"
-    )
-    assert files, "the first run produced nothing"
-    missing = [str(rel) for rel in files if not (second / rel).is_file()]
-    assert missing == [], "missing from the rebuild"
-    differ = [str(rel) for rel in files if _comparable(first / rel) != _comparable(second / rel)]
-    assert differ == [], "these differ between two builds"
-    for device in ("iphone", "mac"):
-        a = read_manifest(first / "package" / "demo" / device)["version_id"]
-        b = read_manifest(second / "package" / "demo" / device)["version_id"]
-        assert a == b
-
-
-def _copy_of_the_run(built: dict, tmp_path: Path) -> Path:
-    """A fresh workflow copy holding the session run's results and Snakemake metadata (so it is up to date)."""
-    source = built["work"]
-    work = copy_workflow(tmp_path / "wf")
-    shutil.copytree(source / "results", work / "results", symlinks=True)
-    shutil.copytree(source / ".snakemake" / "metadata", work / ".snakemake" / "metadata")
-    return work
 
 
 @pytest.mark.slow
