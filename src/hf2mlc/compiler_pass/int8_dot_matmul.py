@@ -152,6 +152,14 @@ def _group_dot(acc, row, col, codes, dots, scale, xq, x_offset, x_scale, m, g):
     acc[row, _lanes(col)] = acc[row, _lanes(col)] + total * (scale * T.broadcast(x_scale[m, g], _LANES))
 
 
+def _buffer_types(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: str, out_dtype: str) -> tuple:
+    """The four parameters' buffer types, as the float kernel has them: relax sizes are int64 and fusion
+    compares buffer types, index dtype included."""
+    k_, n_, words_, groups_ = (tirx.IntImm("int64", v) for v in (k, n, k // 8, k // _GROUP))
+    return (T.Buffer((d0, d1, k_), x_dtype), T.Buffer((words_, n_), "uint32"), T.Buffer((groups_, n_), "float16"),
+            T.Buffer((d0, d1, n_), out_dtype))
+
+
 def _one_row_kernel(k: int, n: int, x_dtype: str, out_dtype: str) -> tirx.PrimFunc | None:
     """Decode: one input row.  Bound by reading the codes once, so the reduction is cut into slices
     that each stream a contiguous block of code rows; the slices' partial sums are added per output."""
@@ -161,16 +169,11 @@ def _one_row_kernel(k: int, n: int, x_dtype: str, out_dtype: str) -> tirx.PrimFu
     words, groups = k // 8, k // _GROUP
     slices = _slices(groups)
     per_slice = groups // slices
-    # Relax sizes are int64 and fusion compares buffer types, index dtype included
-    one, k_, n_, words_, groups_ = (tirx.IntImm("int64", v) for v in (1, k, n, words, groups))
+    one = tirx.IntImm("int64", 1)
+    x_type, weight_type, scale_type, out_type = _buffer_types(one, one, k, n, x_dtype, out_dtype)
 
     @T.prim_func(private=True, s_tir=True)
-    def main(
-        x: T.Buffer((one, one, k_), x_dtype),
-        q_weight: T.Buffer((words_, n_), "uint32"),
-        q_scale: T.Buffer((groups_, n_), "float16"),
-        out: T.Buffer((one, one, n_), out_dtype),
-    ):
+    def main(x: x_type, q_weight: weight_type, q_scale: scale_type, out: out_type):
         T.func_attr({"tirx.noalias": True, "op_pattern": 4})
         xq = T.sblock_alloc_buffer((1, words, 4, 4), "int8")
         x_offset = T.sblock_alloc_buffer((1, groups), "float32")
@@ -216,7 +219,7 @@ def _rows_kernel(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: 
     if chunk is None:
         return None
     words, groups, vectors = k // 8, k // _GROUP, chunk // _LANES
-    k_, n_, words_, groups_ = (tirx.IntImm("int64", v) for v in (k, n, words, groups))
+    x_type, weight_type, scale_type, out_type = _buffer_types(d0, d1, k, n, x_dtype, out_dtype)
 
     def rows(a, b):
         return a * b
@@ -228,12 +231,7 @@ def _rows_kernel(d0: tirx.PrimExpr, d1: tirx.PrimExpr, k: int, n: int, x_dtype: 
         return T.min(_ROW_TILE, a * b - t * _ROW_TILE)
 
     @T.prim_func(private=True, s_tir=True)
-    def main(
-        x: T.Buffer((d0, d1, k_), x_dtype),
-        q_weight: T.Buffer((words_, n_), "uint32"),
-        q_scale: T.Buffer((groups_, n_), "float16"),
-        out: T.Buffer((d0, d1, n_), out_dtype),
-    ):
+    def main(x: x_type, q_weight: weight_type, q_scale: scale_type, out: out_type):
         T.func_attr({"tirx.noalias": True, "op_pattern": 4})
         xq = T.sblock_alloc_buffer((rows(d0, d1), words, 4, 4), "int8")
         x_offset = T.sblock_alloc_buffer((rows(d0, d1), groups), "float32")
