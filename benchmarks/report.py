@@ -125,9 +125,9 @@ def _machine(results: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
     text = _table(["", ""], rows) + f"\n\nPackages: {versions}."
     if mixed_runs(results):
-        runs = [[name, str(when(results, name).get("date")), str(when(results, name).get("commit")),
-                 _load_text(when(results, name).get("load_at_start")), _load_text(when(results, name).get("load_at_end"))]
-                for name in results["sections"]]
+        stamps = {name: when(results, name) for name in results["sections"]}
+        runs = [[name, str(stamp.get("date")), str(stamp.get("commit")), _load_text(stamp.get("load_at_start")),
+                 _load_text(stamp.get("load_at_end"))] for name, stamp in stamps.items()]
         text += ("\n\nThe sections come from more than one run of `benchmarks/run.py` (a partial run replaces the "
                  f"sections it measured and keeps the others; the last one ran {', '.join(results.get('last_run_sections', []))}; "
                  "the table above describes it):\n\n"
